@@ -1,0 +1,48 @@
+# The Makefile is the interface: run, test, bench, lint, fuzz.
+SHELL := /bin/bash
+GO ?= go
+TAGS ?= with_gvisor,with_utls,with_acme,with_clash_api
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
+FUZZTIME ?= 60s
+# Our own packages run under the race detector. Packages that run the peers' code (sing-anytls,
+# mihomo, sing-box) run without it: those libraries have data races of their own.
+RACE_PKGS := ./protocol/... ./option/... ./adapter/... ./cmd/...
+PEER_PKGS := ./test/...
+
+.PHONY: all build run test test-race test-peers bench lint fuzz clean
+
+all: build
+
+build:
+	$(GO) build -tags $(TAGS) -o bin/anytls ./cmd/anytls
+
+# A server and a client on loopback, and a request through them (Ctrl-C to stop).
+run:
+	$(GO) run -tags $(TAGS) ./cmd/anytls demo
+
+test: test-race test-peers
+
+test-race:
+	$(GO) test -race -count=1 -timeout 10m -tags $(TAGS) $(RACE_PKGS)
+
+test-peers:
+	$(GO) test -count=1 -timeout 15m -tags $(TAGS) $(PEER_PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -tags $(TAGS) ./protocol/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags $(TAGS) ./...
+	$(GO) run $(STATICCHECK) -tags $(TAGS) ./...
+
+# Every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,553 @@
+package protocol
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// sessionConfig holds the knobs a session needs, whichever side it is on.
+type sessionConfig struct {
+	logger            *slog.Logger
+	metrics           Metrics
+	bufferSize        int
+	stallTimeout      time.Duration
+	synAckTimeout     time.Duration
+	heartbeatInterval time.Duration
+	heartbeatTimeout  time.Duration
+	halfClose         bool // we announce half-close
+	maxVersion        int
+}
+
+// session is one authenticated connection carrying frames.
+type session struct {
+	conn     net.Conn
+	reader   io.Reader
+	isClient bool
+	cfg      *sessionConfig
+	client   *Client
+	server   *Server
+
+	// writes: wsem serializes them and keeps the packet counter
+	wsem    chan struct{}
+	pkt     int
+	padding *PaddingScheme
+	padOn   bool
+	sizes   []int
+
+	ctrlMu      sync.Mutex
+	ctrlBuf     []byte
+	ctrlRunning bool
+
+	mu        sync.Mutex
+	streams   map[uint32]*Stream
+	nextID    uint32
+	closed    bool
+	err       error
+	die       chan struct{}
+	closeDone chan struct{}
+
+	peerVersion atomic.Int32
+	halfClose   atomic.Bool
+
+	// liveness: the receive clock counts frames received
+	recvClock     atomic.Int64
+	lastRecv      atomic.Int64 // unix nanos of the last frame received
+	lastActivity  atomic.Int64 // unix nanos of the last stream activity (server idle)
+	readerBlocked atomic.Int32
+	hbMu          sync.Mutex
+	hbTimer       *time.Timer
+	probeClock    int64 // recvClock when the probe was sent; -1: no probe outstanding
+	idleTimer     *time.Timer
+
+	// client pool
+	seq       uint64
+	active    int // streams attached (guarded by client.mu)
+	used      bool
+	idleSince time.Time
+
+	// server
+	user        string
+	userHash    [32]byte
+	gotSettings bool
+	ctx         context.Context
+	cancel      context.CancelFunc
+}
+
+func newSession(conn net.Conn, isClient bool, cfg *sessionConfig, scheme *PaddingScheme, padOn bool) *session {
+	s := &session{
+		conn:       conn,
+		reader:     conn,
+		isClient:   isClient,
+		cfg:        cfg,
+		wsem:       make(chan struct{}, 1),
+		pkt:        1, // packet 0 is the client's authentication
+		padding:    scheme,
+		padOn:      padOn,
+		streams:    map[uint32]*Stream{},
+		die:        make(chan struct{}),
+		closeDone:  make(chan struct{}),
+		probeClock: -1,
+	}
+	now := time.Now().UnixNano()
+	s.lastRecv.Store(now)
+	s.lastActivity.Store(now)
+	return s
+}
+
+func (s *session) isClosed() bool { return isClosedChan(s.die) }
+
+func (s *session) closeErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	return ErrSessionClosed
+}
+
+// writePacket writes b as one packet (one write, or the records of its padding line).
+// cancel aborts the wait for the connection (a stream's write deadline).
+func (s *session) writePacket(b []byte, cancel <-chan struct{}) error {
+	select {
+	case s.wsem <- struct{}{}:
+	case <-s.die:
+		return s.closeErr()
+	case <-cancel:
+		return errDeadline
+	}
+	if s.isClosed() {
+		<-s.wsem
+		return s.closeErr()
+	}
+	var err error
+	if s.padOn && s.pkt < s.padding.stop {
+		err = s.writePadded(b)
+		s.pkt++
+	} else {
+		_, err = s.conn.Write(b)
+	}
+	<-s.wsem
+	if err != nil {
+		err = fmt.Errorf("anytls: write to session: %w", err)
+		s.close(err)
+		return err
+	}
+	return nil
+}
+
+var errDeadline = timeoutError{errDeadlineExceeded}
+
+var errDeadlineExceeded = ErrDeadlineExceeded
+
+// writePadded sends b as packet s.pkt of the padding scheme (spec §6, §6.1).
+func (s *session) writePadded(b []byte) error {
+	sizes, ok := s.padding.RecordSizes(s.pkt, s.sizes[:0])
+	s.sizes = sizes
+	if !ok {
+		_, err := s.conn.Write(b)
+		return err
+	}
+	for _, size := range sizes {
+		if size == CheckMark {
+			if len(b) == 0 {
+				break
+			}
+			continue
+		}
+		var err error
+		switch room := size - len(b); {
+		case room < 0: // the record is all data
+			_, err = s.conn.Write(b[:size])
+			b = b[size:]
+		case len(b) > 0: // the data ends here; fill the record with a cmdWaste frame if it fits
+			if room >= HeaderSize {
+				rec := getBuf(size)
+				copy(rec, b)
+				PutFrameHeader(rec[len(b):], CmdWaste, 0, room-HeaderSize)
+				clear(rec[len(b)+HeaderSize:])
+				_, err = s.conn.Write(rec)
+				putBuf(rec)
+			} else {
+				_, err = s.conn.Write(b)
+			}
+			b = nil
+		default: // pure padding: one cmdWaste frame, header included in the size
+			n := max(size, HeaderSize)
+			rec := getBuf(n)
+			PutFrameHeader(rec, CmdWaste, 0, n-HeaderSize)
+			clear(rec[HeaderSize:])
+			_, err = s.conn.Write(rec)
+			putBuf(rec)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(b) > 0 {
+		_, err := s.conn.Write(b)
+		return err
+	}
+	return nil
+}
+
+// writeControl writes one control frame and waits for it, bounded by DefaultWriteTimeout.
+func (s *session) writeControl(cmd Command, sid uint32, data []byte) {
+	var small [HeaderSize + 64]byte
+	frame := AppendFrame(small[:0], cmd, sid, data)
+	cancel, stop := timeoutChan(DefaultWriteTimeout)
+	defer stop()
+	_ = s.writePacket(frame, cancel)
+}
+
+// timeoutChan returns a channel closed after d.
+func timeoutChan(d time.Duration) (<-chan struct{}, func() bool) {
+	c := make(chan struct{})
+	t := time.AfterFunc(d, func() { close(c) })
+	return c, t.Stop
+}
+
+// queueControl sends a control frame without blocking the caller (the session reader must
+// never block on a write: two peers blocked writing to each other would deadlock).
+func (s *session) queueControl(cmd Command, sid uint32, data []byte) {
+	s.ctrlMu.Lock()
+	s.ctrlBuf = AppendFrame(s.ctrlBuf, cmd, sid, data)
+	start := !s.ctrlRunning
+	s.ctrlRunning = true
+	s.ctrlMu.Unlock()
+	if start {
+		go s.flushControl()
+	}
+}
+
+func (s *session) flushControl() {
+	for {
+		s.ctrlMu.Lock()
+		b := s.ctrlBuf
+		s.ctrlBuf = nil
+		if len(b) == 0 || s.isClosed() {
+			s.ctrlRunning = false
+			s.ctrlMu.Unlock()
+			return
+		}
+		s.ctrlMu.Unlock()
+		cancel, stop := timeoutChan(DefaultWriteTimeout)
+		if err := s.writePacket(b, cancel); errors.Is(err, ErrDeadlineExceeded) {
+			s.close(fmt.Errorf("anytls: control write timed out: %w", err))
+		}
+		stop()
+	}
+}
+
+// readLoop reads frames until the connection fails or the session closes.
+func (s *session) readLoop() {
+	err := s.readFrames()
+	if s.isClient && errors.Is(err, io.EOF) {
+		err = fmt.Errorf("%w: server closed the connection", ErrSessionClosed)
+	}
+	s.close(err)
+}
+
+func (s *session) readFrames() (err error) {
+	defer func() {
+		if r := recover(); r != nil { // peer input must never take the process down
+			err = fmt.Errorf("%w: internal error on peer input: %v", ErrProtocol, r)
+			s.cfg.logger.Error("anytls: recovered from panic in session reader", "panic", r)
+		}
+	}()
+	var hdr [HeaderSize]byte
+	for {
+		if _, err := io.ReadFull(s.reader, hdr[:]); err != nil {
+			if s.isClosed() {
+				return s.closeErr()
+			}
+			return fmt.Errorf("anytls: read frame header: %w", err)
+		}
+		h := ParseFrameHeader(hdr[:])
+		s.recvClock.Add(1)
+		s.lastRecv.Store(time.Now().UnixNano())
+		if err := s.handleFrame(h); err != nil {
+			return err
+		}
+	}
+}
+
+// readData reads a frame's data into a pooled buffer.
+func (s *session) readData(n uint16) ([]byte, error) {
+	b := getBuf(int(n))
+	if _, err := io.ReadFull(s.reader, b); err != nil {
+		putBuf(b)
+		return nil, fmt.Errorf("anytls: read frame data: %w", err)
+	}
+	return b, nil
+}
+
+func (s *session) discard(n uint16) error {
+	if n == 0 {
+		return nil
+	}
+	b, err := s.readData(n)
+	putBuf(b)
+	return err
+}
+
+func (s *session) stream(id uint32) *Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[id]
+}
+
+func (s *session) handleFrame(h FrameHeader) error {
+	switch h.Cmd {
+	case CmdPSH:
+		if h.Length == 0 {
+			return nil
+		}
+		data, err := s.readData(h.Length)
+		if err != nil {
+			return err
+		}
+		if !s.isClient {
+			s.lastActivity.Store(time.Now().UnixNano())
+		}
+		if st := s.stream(h.StreamID); st != nil {
+			st.push(s, data, s.cfg.bufferSize, s.cfg.stallTimeout)
+		} else {
+			putBuf(data)
+		}
+		return nil
+	case CmdFIN:
+		if err := s.discard(h.Length); err != nil {
+			return err
+		}
+		if !s.isClient {
+			s.lastActivity.Store(time.Now().UnixNano())
+		}
+		if st := s.stream(h.StreamID); st != nil {
+			st.remoteFin(s)
+		}
+		return nil
+	case CmdWaste:
+		return s.discard(h.Length)
+	case CmdHeartRequest:
+		if err := s.discard(h.Length); err != nil {
+			return err
+		}
+		s.queueControl(CmdHeartResponse, h.StreamID, nil)
+		return nil
+	case CmdHeartResponse:
+		return s.discard(h.Length)
+	}
+	if s.isClient {
+		return s.handleClientFrame(h)
+	}
+	return s.handleServerFrame(h)
+}
+
+func (s *session) handleClientFrame(h FrameHeader) error {
+	switch h.Cmd {
+	case CmdSYNACK:
+		var text []byte
+		if h.Length > 0 {
+			b, err := s.readData(h.Length)
+			if err != nil {
+				return err
+			}
+			text = bytes.Clone(b)
+			putBuf(b)
+		}
+		if st := s.stream(h.StreamID); st != nil {
+			st.synAck(s, text)
+		}
+		return nil
+	case CmdServerSettings:
+		b, err := s.readData(h.Length)
+		if err != nil {
+			return err
+		}
+		settings := ParseSettings(b)
+		putBuf(b)
+		s.serverSettings(settings)
+		return nil
+	case CmdUpdatePaddingScheme:
+		b, err := s.readData(h.Length)
+		if err != nil {
+			return err
+		}
+		scheme, perr := ParsePaddingScheme(b)
+		putBuf(b)
+		if perr != nil {
+			s.cfg.logger.Warn("anytls: server pushed a padding scheme we cannot use; keeping ours", "error", perr)
+			return nil
+		}
+		if s.client != nil {
+			s.client.setPaddingScheme(scheme)
+		}
+		return nil
+	case CmdAlert:
+		b, err := s.readData(h.Length)
+		if err != nil {
+			return err
+		}
+		text := string(b)
+		putBuf(b)
+		s.cfg.logger.Error("anytls: alert from server", "text", text)
+		return &AlertError{Text: text}
+	}
+	// Unknown commands, and commands a server never sends: skip the frame with its data.
+	s.cfg.logger.Debug("anytls: ignoring frame", "cmd", h.Cmd, "length", h.Length)
+	return s.discard(h.Length)
+}
+
+// serverSettings handles cmdServerSettings: the session becomes v2.
+func (s *session) serverSettings(settings Settings) {
+	v := min(settings.Version(), s.cfg.maxVersion)
+	if v < 2 {
+		return
+	}
+	s.peerVersion.Store(int32(v))
+	if s.cfg.halfClose && settings[settingHalfClose] == "1" {
+		s.halfClose.Store(true)
+	}
+	s.mu.Lock()
+	streams := make([]*Stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		streams = append(streams, st)
+	}
+	s.mu.Unlock()
+	for _, st := range streams {
+		st.mu.Lock()
+		if st.sess == s {
+			st.armSynAckLocked()
+		}
+		st.mu.Unlock()
+	}
+	s.startHeartbeat()
+}
+
+// startHeartbeat arms the liveness check of a v2 client session.
+func (s *session) startHeartbeat() {
+	if s.cfg.heartbeatInterval <= 0 {
+		return
+	}
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	if s.hbTimer == nil && !s.isClosed() {
+		s.hbTimer = time.AfterFunc(s.cfg.heartbeatInterval, s.heartbeat)
+	}
+}
+
+// heartbeat runs on the heartbeat timer: probe a quiet session, judge an outstanding probe.
+func (s *session) heartbeat() {
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	if s.isClosed() {
+		return
+	}
+	if s.probeClock >= 0 {
+		if s.recvClock.Load() > s.probeClock || s.readerBlocked.Load() > 0 {
+			s.probeClock = -1 // answered (anything received counts), or we are the slow side
+		} else {
+			go s.close(fmt.Errorf("%w: nothing received for %v after a heartbeat request", ErrHeartbeatTimeout, s.cfg.heartbeatTimeout))
+			return
+		}
+	}
+	quiet := time.Duration(time.Now().UnixNano() - s.lastRecv.Load())
+	if quiet < s.cfg.heartbeatInterval || s.readerBlocked.Load() > 0 {
+		s.hbTimer.Reset(max(s.cfg.heartbeatInterval-quiet, time.Millisecond))
+		return
+	}
+	s.sendProbeLocked()
+}
+
+// probe sends a heartbeat request now unless one is outstanding (v2 sessions only).
+func (s *session) probe() {
+	if s.peerVersion.Load() < 2 || s.cfg.heartbeatInterval <= 0 {
+		return
+	}
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	if s.probeClock < 0 && !s.isClosed() && s.hbTimer != nil {
+		s.hbTimer.Stop()
+		s.sendProbeLocked()
+	}
+}
+
+func (s *session) sendProbeLocked() {
+	s.probeClock = s.recvClock.Load()
+	s.queueControl(CmdHeartRequest, 0, nil)
+	s.hbTimer.Reset(s.cfg.heartbeatTimeout)
+}
+
+// removeStream drops a finished stream from the session.
+func (s *session) removeStream(st *Stream) {
+	st.mu.Lock()
+	if st.removed || st.sess != s {
+		st.mu.Unlock()
+		return
+	}
+	st.removed = true
+	id := st.id
+	st.mu.Unlock()
+	s.mu.Lock()
+	if s.streams[id] == st {
+		delete(s.streams, id)
+	}
+	s.mu.Unlock()
+	if s.client != nil {
+		s.client.streamDone(s)
+	}
+}
+
+// close ends the session and every stream in it (idempotent).
+func (s *session) close(err error) {
+	if err == nil {
+		err = ErrSessionClosed
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	if !errors.Is(err, ErrSessionClosed) {
+		err = fmt.Errorf("%w: %w", ErrSessionClosed, err)
+	}
+	s.err = err
+	streams := s.streams
+	s.streams = map[uint32]*Stream{}
+	s.mu.Unlock()
+	close(s.die)
+	s.hbMu.Lock()
+	if s.hbTimer != nil {
+		s.hbTimer.Stop()
+	}
+	if s.idleTimer != nil {
+		s.idleTimer.Stop()
+	}
+	s.hbMu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.conn.Close()
+	for _, st := range streams {
+		if s.client != nil && s.client.retryStream(s, st) {
+			continue
+		}
+		st.sessionDone(err)
+	}
+	if s.client != nil {
+		s.client.sessionClosed(s)
+	}
+	if s.server != nil {
+		s.server.sessionClosed(s)
+	}
+	close(s.closeDone)
+}

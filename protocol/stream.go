@@ -1,0 +1,718 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Stream is one proxied connection inside a session. It is a net.Conn; reads and writes honour
+// deadlines, and it is safe for concurrent use.
+type Stream struct {
+	dest     Addr
+	user     string
+	isClient bool
+
+	// wmu serializes writes of this stream (its data, its SYN and its FIN keep their order).
+	wmu sync.Mutex
+
+	mu       sync.Mutex
+	sess     *session
+	id       uint32
+	rq       [][]byte // buffered data chunks (pooled)
+	roff     int      // read offset into rq[0]
+	rbytes   int
+	rerr     error         // no more data will arrive after the buffer: io.EOF or the reason
+	werr     error         // writes fail with this
+	readable chan struct{} // cap 1: data or rerr arrived
+	space    chan struct{} // cap 1: the reader freed buffer space
+	closed   bool          // Close called
+	wclosed  bool          // CloseWrite or Close called
+	finSent  bool
+	finRecv  bool
+	removed  bool // no longer in the session's stream map
+
+	// client side
+	pending     []byte      // SYN + PSH(address) not yet written (reused session)
+	flushTimer  *time.Timer // writes pending if the caller does not write first
+	synSentAt   time.Time
+	acked       bool
+	synAckTimer *time.Timer
+	reused      bool   // attached to a session that had carried streams before
+	attachedAt  int64  // session receive clock when attached, for the retry decision
+	replay      []byte // data written before any answer, replayed if the session was dead
+	replayOff   bool   // replay overflowed or the stream answered: no retry
+	retried     bool
+	migrating   bool
+	gotData     bool
+
+	// server side
+	reported   bool
+	earlyAcked bool
+	earlyTimer *time.Timer
+	upBytes    atomic.Int64
+	downBytes  atomic.Int64
+
+	rdl, wdl deadline
+}
+
+const maxReplay = 64 << 10
+
+func newStream(sess *session, id uint32, dest Addr) *Stream {
+	return &Stream{
+		sess:     sess,
+		id:       id,
+		dest:     dest,
+		isClient: sess != nil && sess.isClient,
+		readable: make(chan struct{}, 1),
+		space:    make(chan struct{}, 1),
+		rdl:      makeDeadline(),
+		wdl:      makeDeadline(),
+	}
+}
+
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Destination returns the stream's target address.
+func (st *Stream) Destination() Addr { return st.dest }
+
+// User returns the name of the user who opened the stream (server side).
+func (st *Stream) User() string { return st.user }
+
+// ID returns the stream id in its current session.
+func (st *Stream) ID() uint32 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.id
+}
+
+// Read reads stream data. After the peer finished the stream it returns io.EOF.
+func (st *Stream) Read(b []byte) (int, error) {
+	for {
+		st.mu.Lock()
+		if st.rbytes > 0 {
+			n := st.readLocked(b)
+			st.mu.Unlock()
+			if !st.isClient {
+				st.upBytes.Add(int64(n))
+			}
+			return n, nil
+		}
+		if st.closed {
+			st.mu.Unlock()
+			return 0, net.ErrClosed
+		}
+		if st.rerr != nil {
+			err := st.rerr
+			st.mu.Unlock()
+			return 0, err
+		}
+		if len(b) == 0 {
+			st.mu.Unlock()
+			return 0, nil
+		}
+		ch := st.readable
+		st.mu.Unlock()
+		select {
+		case <-ch:
+		case <-st.rdl.wait():
+			// data that raced the deadline is still returned first
+			st.mu.Lock()
+			has := st.rbytes > 0
+			st.mu.Unlock()
+			if !has {
+				return 0, os.ErrDeadlineExceeded
+			}
+		}
+	}
+}
+
+// readLocked copies buffered data into b and frees consumed chunks.
+func (st *Stream) readLocked(b []byte) int {
+	n := 0
+	for n < len(b) && len(st.rq) > 0 {
+		c := st.rq[0]
+		k := copy(b[n:], c[st.roff:])
+		n += k
+		st.roff += k
+		if st.roff == len(c) {
+			putBuf(c)
+			st.rq[0] = nil
+			st.rq = st.rq[1:]
+			st.roff = 0
+		}
+	}
+	if len(st.rq) == 0 {
+		st.rq = nil
+	}
+	st.rbytes -= n
+	notify(st.space)
+	return n
+}
+
+// WriteTo writes buffered data straight from the receive buffers to w (saves a copy).
+func (st *Stream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		st.mu.Lock()
+		if len(st.rq) > 0 {
+			c := st.rq[0][st.roff:]
+			chunk := st.rq[0]
+			st.rq[0] = nil
+			st.rq = st.rq[1:]
+			if len(st.rq) == 0 {
+				st.rq = nil
+			}
+			st.roff = 0
+			st.rbytes -= len(c)
+			notify(st.space)
+			st.mu.Unlock()
+			n, err := w.Write(c)
+			putBuf(chunk)
+			total += int64(n)
+			if !st.isClient {
+				st.upBytes.Add(int64(n))
+			}
+			if err != nil {
+				return total, err
+			}
+			continue
+		}
+		if st.closed {
+			st.mu.Unlock()
+			return total, net.ErrClosed
+		}
+		if st.rerr != nil {
+			err := st.rerr
+			st.mu.Unlock()
+			if err == io.EOF {
+				return total, nil
+			}
+			return total, err
+		}
+		ch := st.readable
+		st.mu.Unlock()
+		select {
+		case <-ch:
+		case <-st.rdl.wait():
+			st.mu.Lock()
+			has := st.rbytes > 0
+			st.mu.Unlock()
+			if !has {
+				return total, os.ErrDeadlineExceeded
+			}
+		}
+	}
+}
+
+// push appends data received for this stream (session reader goroutine). It blocks while the
+// buffer is full, up to stallTimeout; then the stream is reset. It takes ownership of data.
+func (st *Stream) push(s *session, data []byte, limit int, stallTimeout time.Duration) {
+	st.mu.Lock()
+	if st.closed || st.rerr != nil || st.sess != s {
+		st.mu.Unlock()
+		putBuf(data)
+		return
+	}
+	var stall *time.Timer
+	for st.rbytes >= limit {
+		st.mu.Unlock()
+		if stall == nil {
+			stall = time.NewTimer(stallTimeout)
+			s.readerBlocked.Add(1)
+		}
+		select {
+		case <-st.space:
+		case <-stall.C:
+			s.readerBlocked.Add(-1)
+			putBuf(data)
+			s.cfg.logger.Warn("anytls: stream reader stalled, resetting stream", "stream", st.id, "buffered", limit)
+			st.reset(ErrStreamStalled, true)
+			return
+		case <-s.die:
+			s.readerBlocked.Add(-1)
+			stall.Stop()
+			putBuf(data)
+			return
+		}
+		st.mu.Lock()
+		if st.closed || st.rerr != nil || st.sess != s {
+			st.mu.Unlock()
+			s.readerBlocked.Add(-1)
+			stall.Stop()
+			putBuf(data)
+			return
+		}
+	}
+	if stall != nil {
+		stall.Stop()
+		s.readerBlocked.Add(-1)
+	}
+	st.rq = append(st.rq, data)
+	st.rbytes += len(data)
+	st.gotData = true
+	st.replayOff = true
+	st.replay = nil
+	st.mu.Unlock()
+	notify(st.readable)
+}
+
+// Write sends b as one or more frames (at most MaxFrameData bytes each).
+func (st *Stream) Write(b []byte) (int, error) {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	n := 0
+	for {
+		chunk := b[n:]
+		if len(chunk) > MaxFrameData {
+			chunk = chunk[:MaxFrameData]
+		}
+		if len(chunk) == 0 && n > 0 {
+			return n, nil
+		}
+		buf := getBuf(HeaderSize + len(chunk))
+		copy(buf[HeaderSize:], chunk)
+		err := st.writeFrameLocked(buf, len(chunk))
+		putBuf(buf)
+		if err != nil {
+			return n, err
+		}
+		n += len(chunk)
+		if n == len(b) {
+			return n, nil
+		}
+	}
+}
+
+// ReadFrom reads from r straight into frame buffers (saves a copy).
+func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
+	buf := getBuf(HeaderSize + MaxFrameData)
+	defer putBuf(buf)
+	var total int64
+	for {
+		n, rerr := r.Read(buf[HeaderSize:])
+		if n > 0 {
+			st.wmu.Lock()
+			err := st.writeFrameLocked(buf, n)
+			st.wmu.Unlock()
+			if err != nil {
+				return total, err
+			}
+			total += int64(n)
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// writeFrameLocked writes buf[HeaderSize:HeaderSize+n] as a PSH frame; buf[:HeaderSize] is
+// scratch for the header. A pending SYN goes out in the same packet. Caller holds st.wmu.
+func (st *Stream) writeFrameLocked(buf []byte, n int) error {
+	for {
+		st.mu.Lock()
+		if err := st.writeErrLocked(); err != nil {
+			st.mu.Unlock()
+			return err
+		}
+		if isClosedChan(st.wdl.wait()) {
+			st.mu.Unlock()
+			return os.ErrDeadlineExceeded
+		}
+		s, id := st.sess, st.id
+		pending := st.pending
+		st.pending = nil
+		if st.flushTimer != nil {
+			st.flushTimer.Stop()
+			st.flushTimer = nil
+		}
+		if pending != nil {
+			st.markSynSentLocked()
+		}
+		if st.isClient && !st.replayOff {
+			if len(st.replay)+n > maxReplay {
+				st.replayOff, st.replay = true, nil
+			} else {
+				st.replay = append(st.replay, buf[HeaderSize:HeaderSize+n]...)
+			}
+		}
+		st.mu.Unlock()
+
+		PutFrameHeader(buf, CmdPSH, id, n)
+		frame := buf[:HeaderSize+n]
+		var err error
+		if pending != nil {
+			pkt := getBuf(len(pending) + len(frame))
+			copy(pkt, pending)
+			copy(pkt[len(pending):], frame)
+			err = s.writePacket(pkt, st.wdl.wait())
+			putBuf(pkt)
+		} else {
+			err = s.writePacket(frame, st.wdl.wait())
+		}
+		if err == nil {
+			if !st.isClient {
+				st.downBytes.Add(int64(n))
+			}
+			return nil
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		// The session failed. If the client moves this stream to a fresh session, the data is
+		// in the replay buffer and goes out there.
+		<-s.closeDone
+		st.mu.Lock()
+		moved := st.sess != s || st.migrating
+		st.mu.Unlock()
+		if !moved {
+			return st.writeErr(err)
+		}
+		return nil
+	}
+}
+
+func (st *Stream) writeErrLocked() error {
+	switch {
+	case st.closed:
+		return net.ErrClosed
+	case st.werr != nil:
+		return st.werr
+	case st.wclosed:
+		return fmt.Errorf("anytls: write after CloseWrite: %w", net.ErrClosed)
+	}
+	return nil
+}
+
+func (st *Stream) writeErr(fallback error) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err := st.writeErrLocked(); err != nil {
+		return err
+	}
+	return fallback
+}
+
+// flushPending writes a pending SYN without data (the caller has not written in time, or
+// reads first on a protocol where the server speaks first).
+func (st *Stream) flushPending() {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	st.mu.Lock()
+	pending := st.pending
+	st.pending = nil
+	st.flushTimer = nil
+	s := st.sess
+	if pending == nil || st.closed {
+		st.mu.Unlock()
+		return
+	}
+	st.markSynSentLocked()
+	st.mu.Unlock()
+	_ = s.writePacket(pending, nil)
+}
+
+func (st *Stream) markSynSentLocked() {
+	st.synSentAt = time.Now()
+	if st.sess.peerVersion.Load() >= 2 {
+		st.armSynAckLocked()
+	}
+}
+
+// armSynAckLocked starts the wait for cmdSYNACK (v2 sessions only).
+func (st *Stream) armSynAckLocked() {
+	s := st.sess
+	if st.acked || st.synAckTimer != nil || s.cfg.synAckTimeout < 0 || st.synSentAt.IsZero() {
+		return
+	}
+	wait := s.cfg.synAckTimeout - time.Since(st.synSentAt)
+	st.synAckTimer = time.AfterFunc(max(wait, 0), func() {
+		st.mu.Lock()
+		if st.acked || st.sess != s {
+			st.mu.Unlock()
+			return
+		}
+		st.mu.Unlock()
+		s.cfg.logger.Debug("anytls: no SYNACK, failing stream", "stream", st.id)
+		st.reset(fmt.Errorf("%w within %v", ErrSynAckTimeout, s.cfg.synAckTimeout), true)
+		s.probe() // the session may be dead: find out now
+	})
+}
+
+// CloseWrite ends the sending direction. Toward a peer that announced half-close the other end
+// reads io.EOF and can still send; toward a deployed peer (cmdFIN is a full close there) nothing
+// is sent, and the stream is finished by Close.
+func (st *Stream) CloseWrite() error {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	st.mu.Lock()
+	if st.closed || st.wclosed {
+		st.mu.Unlock()
+		return nil
+	}
+	st.wclosed = true
+	s := st.sess
+	if !s.halfClose.Load() || st.finSent || st.werr != nil {
+		st.mu.Unlock()
+		return nil
+	}
+	st.finSent = true
+	pending := st.pending
+	st.pending = nil
+	if pending != nil {
+		st.markSynSentLocked()
+	}
+	done := st.finRecv
+	id := st.id
+	st.mu.Unlock()
+	pkt := AppendFrame(pending, CmdFIN, id, nil)
+	err := s.writePacket(pkt, nil)
+	if done {
+		s.removeStream(st)
+	}
+	return err
+}
+
+// Close closes the stream: the peer is told with cmdFIN unless it finished the stream already.
+func (st *Stream) Close() error {
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return nil
+	}
+	st.closed = true
+	st.wclosed = true
+	st.freeLocked()
+	st.stopTimersLocked()
+	s, id := st.sess, st.id
+	neverSent := st.pending != nil
+	st.pending = nil
+	half := s != nil && s.halfClose.Load()
+	sendFin := !neverSent && !st.finSent && st.werr == nil && (half || !st.finRecv)
+	if sendFin {
+		st.finSent = true
+	}
+	st.mu.Unlock()
+	notify(st.readable)
+	notify(st.space)
+	st.rdl.stop()
+	st.wdl.stop()
+	st.reportBytes()
+	if s == nil {
+		return nil
+	}
+	if sendFin {
+		s.writeControl(CmdFIN, id, nil)
+	}
+	// The stream leaves the session at once; data the peer still sends for it is discarded.
+	s.removeStream(st)
+	return nil
+}
+
+func (st *Stream) freeLocked() {
+	for _, c := range st.rq {
+		putBuf(c)
+	}
+	st.rq, st.roff, st.rbytes = nil, 0, 0
+	st.replay = nil
+}
+
+func (st *Stream) stopTimersLocked() {
+	for _, t := range []*time.Timer{st.flushTimer, st.synAckTimer, st.earlyTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	st.flushTimer, st.synAckTimer, st.earlyTimer = nil, nil, nil
+}
+
+// remoteFin handles cmdFIN from the peer (session reader).
+func (st *Stream) remoteFin(s *session) {
+	st.mu.Lock()
+	if st.sess != s {
+		st.mu.Unlock()
+		return
+	}
+	st.finRecv = true
+	half := s.halfClose.Load()
+	if st.rerr == nil {
+		st.rerr = io.EOF
+	}
+	if !half && st.werr == nil {
+		st.werr = fmt.Errorf("anytls: peer closed the stream: %w", ErrStreamReset)
+	}
+	st.acked = true
+	st.replayOff, st.replay = true, nil
+	remove := !half || st.finSent || st.closed
+	st.stopTimersLocked()
+	st.mu.Unlock()
+	notify(st.readable)
+	if remove {
+		s.removeStream(st)
+	}
+}
+
+// reset fails the stream with err in both directions; sendFin tells the peer.
+func (st *Stream) reset(err error, sendFin bool) {
+	st.mu.Lock()
+	s, id := st.sess, st.id
+	if st.rerr == nil || st.rerr == io.EOF {
+		st.rerr = err
+	}
+	if st.werr == nil {
+		st.werr = err
+	}
+	st.freeLocked()
+	st.stopTimersLocked()
+	sendFin = sendFin && !st.finSent && st.pending == nil
+	st.finSent = true
+	st.pending = nil
+	st.mu.Unlock()
+	notify(st.readable)
+	notify(st.space)
+	if sendFin {
+		s.queueControl(CmdFIN, id, nil)
+	}
+	s.removeStream(st)
+}
+
+// sessionDone fails the stream because its session ended.
+func (st *Stream) sessionDone(err error) {
+	st.mu.Lock()
+	if st.rerr == nil {
+		st.rerr = err
+	}
+	if st.werr == nil {
+		st.werr = err
+	}
+	st.stopTimersLocked()
+	st.pending = nil
+	st.removed = true
+	st.mu.Unlock()
+	notify(st.readable)
+	notify(st.space)
+}
+
+// synAck handles cmdSYNACK (client).
+func (st *Stream) synAck(s *session, text []byte) {
+	st.mu.Lock()
+	if st.sess != s {
+		st.mu.Unlock()
+		return
+	}
+	st.acked = true
+	if st.synAckTimer != nil {
+		st.synAckTimer.Stop()
+		st.synAckTimer = nil
+	}
+	st.mu.Unlock()
+	if len(text) > 0 {
+		st.reset(&RemoteError{Text: string(text)}, true)
+	}
+}
+
+// Report tells the client the result of connecting to the destination (server side): nil
+// sends an empty cmdSYNACK, an error sends its text and closes the stream. Only the first call
+// counts. If the early SYNACK went out already, an error closes the stream.
+func (st *Stream) Report(err error) {
+	st.mu.Lock()
+	if st.reported || st.isClient {
+		st.mu.Unlock()
+		return
+	}
+	st.reported = true
+	if st.earlyTimer != nil {
+		st.earlyTimer.Stop()
+		st.earlyTimer = nil
+	}
+	early := st.earlyAcked
+	s, id := st.sess, st.id
+	st.mu.Unlock()
+	if !early && s.peerVersion.Load() >= 2 {
+		var text []byte
+		if err != nil {
+			text = []byte(err.Error())
+			if len(text) > 1024 {
+				text = text[:1024]
+			}
+		}
+		s.writeControl(CmdSYNACK, id, text)
+	}
+	if err != nil {
+		st.Close()
+	}
+}
+
+func (st *Stream) earlyAck() {
+	st.mu.Lock()
+	if st.reported || st.closed {
+		st.mu.Unlock()
+		return
+	}
+	st.earlyAcked = true
+	st.earlyTimer = nil
+	s, id := st.sess, st.id
+	st.mu.Unlock()
+	s.writeControl(CmdSYNACK, id, nil)
+}
+
+func (st *Stream) reportBytes() {
+	if st.isClient || st.sess == nil || st.sess.cfg.metrics == nil {
+		return
+	}
+	st.sess.cfg.metrics.BytesTransferred(st.user, st.upBytes.Swap(0), st.downBytes.Swap(0))
+}
+
+// LocalAddr returns the session connection's local address.
+func (st *Stream) LocalAddr() net.Addr {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.sess.conn.LocalAddr()
+}
+
+// RemoteAddr returns the session connection's remote address.
+func (st *Stream) RemoteAddr() net.Addr {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.sess.conn.RemoteAddr()
+}
+
+// SetDeadline sets the read and write deadlines.
+func (st *Stream) SetDeadline(t time.Time) error {
+	st.rdl.set(t)
+	st.wdl.set(t)
+	return nil
+}
+
+// SetReadDeadline sets the read deadline.
+func (st *Stream) SetReadDeadline(t time.Time) error { st.rdl.set(t); return nil }
+
+// SetWriteDeadline sets the write deadline.
+func (st *Stream) SetWriteDeadline(t time.Time) error { st.wdl.set(t); return nil }
+
+type ctxKeyUser struct{}
+
+// UserFromContext returns the authenticated user name in a server stream handler's context.
+func UserFromContext(ctx context.Context) (string, bool) {
+	u, ok := ctx.Value(ctxKeyUser{}).(string)
+	return u, ok
+}
+
+// ContextWithUser records the user name in ctx.
+func ContextWithUser(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, ctxKeyUser{}, user)
+}
