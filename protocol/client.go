@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -368,7 +369,7 @@ func (c *Client) cleanup() {
 			idle = append(idle, s)
 		}
 	}
-	slices.SortFunc(idle, func(a, b *session) int { return int(b.seq) - int(a.seq) })
+	slices.SortFunc(idle, func(a, b *session) int { return cmp.Compare(b.seq, a.seq) })
 	now := time.Now()
 	var victims []*session
 	for i, s := range idle {

@@ -196,9 +196,13 @@ func (srv *Server) reject(ctx context.Context, conn net.Conn, read []byte, reaso
 		srv.cfg.Fallback(ctx, &replayConn{Conn: conn, prefix: read})
 		return reason
 	}
-	hold := srv.cfg.AuthTimeout/4 + time.Duration(rand.Int64N(int64(srv.cfg.AuthTimeout)))
-	conn.SetDeadline(time.Now().Add(hold))
-	io.Copy(io.Discard, conn)
+	if read != nil {
+		// Hold the connection, discarding input, and close it at a random moment within the
+		// authentication timeout, so neither the answer nor its timing tells a prober anything.
+		hold := srv.cfg.AuthTimeout/4 + time.Duration(rand.Int64N(int64(srv.cfg.AuthTimeout*3/4)))
+		conn.SetDeadline(time.Now().Add(hold))
+		io.Copy(io.Discard, conn)
+	}
 	conn.Close()
 	return reason
 }
