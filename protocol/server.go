@@ -32,7 +32,6 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	closed   bool
-	count    atomic.Int64
 }
 
 type userEntry struct {

@@ -70,7 +70,6 @@ type session struct {
 	// client pool
 	seq       uint64
 	active    int // streams attached (guarded by client.mu)
-	used      bool
 	idleSince time.Time
 
 	// server

@@ -323,67 +323,65 @@ func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 // writeFrameLocked writes buf[HeaderSize:HeaderSize+n] as a PSH frame; buf[:HeaderSize] is
 // scratch for the header. A pending SYN goes out in the same packet. Caller holds st.wmu.
 func (st *Stream) writeFrameLocked(buf []byte, n int) error {
-	for {
-		st.mu.Lock()
-		if err := st.writeErrLocked(); err != nil {
-			st.mu.Unlock()
-			return err
-		}
-		if isClosedChan(st.wdl.wait()) {
-			st.mu.Unlock()
-			return os.ErrDeadlineExceeded
-		}
-		s, id := st.sess, st.id
-		pending := st.pending
-		st.pending = nil
-		if st.flushTimer != nil {
-			st.flushTimer.Stop()
-			st.flushTimer = nil
-		}
-		if pending != nil {
-			st.markSynSentLocked()
-		}
-		if st.isClient && !st.replayOff {
-			if len(st.replay)+n > maxReplay {
-				st.replayOff, st.replay = true, nil
-			} else {
-				st.replay = append(st.replay, buf[HeaderSize:HeaderSize+n]...)
-			}
-		}
+	st.mu.Lock()
+	if err := st.writeErrLocked(); err != nil {
 		st.mu.Unlock()
-
-		PutFrameHeader(buf, CmdPSH, id, n)
-		frame := buf[:HeaderSize+n]
-		var err error
-		if pending != nil {
-			pkt := getBuf(len(pending) + len(frame))
-			copy(pkt, pending)
-			copy(pkt[len(pending):], frame)
-			err = s.writePacket(pkt, st.wdl.wait())
-			putBuf(pkt)
+		return err
+	}
+	if isClosedChan(st.wdl.wait()) {
+		st.mu.Unlock()
+		return os.ErrDeadlineExceeded
+	}
+	s, id := st.sess, st.id
+	pending := st.pending
+	st.pending = nil
+	if st.flushTimer != nil {
+		st.flushTimer.Stop()
+		st.flushTimer = nil
+	}
+	if pending != nil {
+		st.markSynSentLocked()
+	}
+	if st.isClient && !st.replayOff {
+		if len(st.replay)+n > maxReplay {
+			st.replayOff, st.replay = true, nil
 		} else {
-			err = s.writePacket(frame, st.wdl.wait())
+			st.replay = append(st.replay, buf[HeaderSize:HeaderSize+n]...)
 		}
-		if err == nil {
-			if !st.isClient {
-				st.downBytes.Add(int64(n))
-			}
-			return nil
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
-		}
-		// The session failed. If the client moves this stream to a fresh session, the data is
-		// in the replay buffer and goes out there.
-		<-s.closeDone
-		st.mu.Lock()
-		moved := st.sess != s || st.migrating
-		st.mu.Unlock()
-		if !moved {
-			return st.writeErr(err)
+	}
+	st.mu.Unlock()
+
+	PutFrameHeader(buf, CmdPSH, id, n)
+	frame := buf[:HeaderSize+n]
+	var err error
+	if pending != nil {
+		pkt := getBuf(len(pending) + len(frame))
+		copy(pkt, pending)
+		copy(pkt[len(pending):], frame)
+		err = s.writePacket(pkt, st.wdl.wait())
+		putBuf(pkt)
+	} else {
+		err = s.writePacket(frame, st.wdl.wait())
+	}
+	if err == nil {
+		if !st.isClient {
+			st.downBytes.Add(int64(n))
 		}
 		return nil
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	// The session failed. If the client moves this stream to a fresh session, the data is
+	// in the replay buffer and goes out there.
+	<-s.closeDone
+	st.mu.Lock()
+	moved := st.sess != s || st.migrating
+	st.mu.Unlock()
+	if !moved {
+		return st.writeErr(err)
+	}
+	return nil
 }
 
 func (st *Stream) writeErrLocked() error {
