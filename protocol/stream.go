@@ -295,13 +295,17 @@ func (st *Stream) Write(b []byte) (int, error) {
 	}
 }
 
+// alignedFrameData is the frame data size whose frame fills whole TLS records (4 × 16 KiB):
+// a relay reading at most this much per frame writes no runt record after each frame.
+const alignedFrameData = 4*16384 - HeaderSize
+
 // ReadFrom reads from r straight into frame buffers (saves a copy).
 func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 	buf := getBuf(HeaderSize + MaxFrameData)
 	defer putBuf(buf)
 	var total int64
 	for {
-		n, rerr := r.Read(buf[HeaderSize:])
+		n, rerr := r.Read(buf[HeaderSize : HeaderSize+alignedFrameData])
 		if n > 0 {
 			st.wmu.Lock()
 			err := st.writeFrameLocked(buf, n)
