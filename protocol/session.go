@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -115,6 +116,16 @@ func (s *session) closeErr() error {
 // writePacket writes b as one packet (one write, or the records of its padding line).
 // cancel aborts the wait for the connection (a stream's write deadline).
 func (s *session) writePacket(b []byte, cancel <-chan struct{}) error {
+	return s.writePacketOpt(b, cancel, false)
+}
+
+// maxControlWaste bounds the random cmdWaste added to a control-only packet after stop.
+const maxControlWaste = 256
+
+// writePacketOpt is writePacket; control marks a packet of control frames only (heartbeat, FIN,
+// a bare SYN): after the padding scheme's stop such a packet carries a random cmdWaste frame in
+// the same record, so that no fixed-size record betrays it.
+func (s *session) writePacketOpt(b []byte, cancel <-chan struct{}, control bool) error {
 	select {
 	case s.wsem <- struct{}{}:
 	case <-s.die:
@@ -127,10 +138,19 @@ func (s *session) writePacket(b []byte, cancel <-chan struct{}) error {
 		return s.closeErr()
 	}
 	var err error
-	if s.padOn && s.pkt < s.padding.stop {
+	switch {
+	case s.padOn && s.pkt < s.padding.stop:
 		err = s.writePadded(b)
 		s.pkt++
-	} else {
+	case control && s.padOn:
+		waste := rand.IntN(maxControlWaste)
+		rec := getBuf(len(b) + HeaderSize + waste)
+		copy(rec, b)
+		PutFrameHeader(rec[len(b):], CmdWaste, 0, waste)
+		clear(rec[len(b)+HeaderSize:])
+		_, err = s.conn.Write(rec)
+		putBuf(rec)
+	default:
 		_, err = s.conn.Write(b)
 	}
 	<-s.wsem
@@ -203,7 +223,7 @@ func (s *session) writeControl(cmd Command, sid uint32, data []byte) {
 	frame := AppendFrame(small[:0], cmd, sid, data)
 	cancel, stop := timeoutChan(DefaultWriteTimeout)
 	defer stop()
-	_ = s.writePacket(frame, cancel)
+	_ = s.writePacketOpt(frame, cancel, true)
 }
 
 // timeoutChan returns a channel closed after d.
@@ -238,7 +258,7 @@ func (s *session) flushControl() {
 		}
 		s.ctrlMu.Unlock()
 		cancel, stop := timeoutChan(DefaultWriteTimeout)
-		if err := s.writePacket(b, cancel); errors.Is(err, ErrDeadlineExceeded) {
+		if err := s.writePacketOpt(b, cancel, true); errors.Is(err, ErrDeadlineExceeded) {
 			s.close(fmt.Errorf("anytls: control write timed out: %w", err))
 		}
 		stop()

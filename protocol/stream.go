@@ -425,7 +425,7 @@ func (st *Stream) flushPending() {
 	}
 	st.markSynSentLocked()
 	st.mu.Unlock()
-	_ = s.writePacket(pending, nil)
+	_ = s.writePacketOpt(pending, nil, true)
 }
 
 func (st *Stream) markSynSentLocked() {
@@ -482,7 +482,7 @@ func (st *Stream) CloseWrite() error {
 	id := st.id
 	st.mu.Unlock()
 	pkt := AppendFrame(pending, CmdFIN, id, nil)
-	err := s.writePacket(pkt, nil)
+	err := s.writePacketOpt(pkt, nil, true)
 	if done {
 		s.removeStream(st)
 	}
