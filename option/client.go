@@ -14,8 +14,8 @@ const (
 	DefaultIdleSessionCheckInterval = protocol.DefaultIdleSessionCheckInterval // 30 s
 	DefaultIdleSessionTimeout       = protocol.DefaultIdleSessionTimeout       // 30 s
 	DefaultMinIdleSession           = 0
-	DefaultMaxStreamsPerSession     = 1 // client: one stream per session at a time, as deployed clients
-	DefaultClientName               = "" // says nothing about this implementation
+	DefaultMaxStreamsPerSession     = 1                                  // client: one stream per session at a time, as deployed clients
+	DefaultClientName               = ""                                 // says nothing about this implementation
 	DefaultHeartbeatInterval        = protocol.DefaultHeartbeatInterval  // 10 s
 	DefaultHeartbeatTimeout         = protocol.DefaultHeartbeatTimeout   // 5 s
 	DefaultSynAckTimeout            = protocol.DefaultSynAckTimeout      // 10 s
