@@ -499,6 +499,13 @@ func (s *session) probe() {
 	}
 }
 
+// probeIfQuiet probes the session if it received nothing for at least quiet.
+func (s *session) probeIfQuiet(quiet time.Duration) {
+	if time.Duration(time.Now().UnixNano()-s.lastRecv.Load()) >= quiet {
+		s.probe()
+	}
+}
+
 func (s *session) sendProbeLocked() {
 	s.probeClock = s.recvClock.Load()
 	s.queueControl(CmdHeartRequest, 0, nil)

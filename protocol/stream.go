@@ -49,6 +49,7 @@ type Stream struct {
 	replay      []byte // data written before any answer, replayed if the session was dead
 	replayOff   bool   // replay overflowed or the stream answered: no retry
 	retried     bool
+	synAckMore  bool // the SYNACK wait was extended once while the session is judged
 	migrating   bool
 	gotData     bool
 
@@ -432,8 +433,17 @@ func (st *Stream) markSynSentLocked() {
 	st.synSentAt = time.Now()
 	if st.sess.peerVersion.Load() >= 2 {
 		st.armSynAckLocked()
+		if st.reused {
+			// The stream now depends on a pooled session: if that went silent, find out
+			// before the SYNACK wait runs out, so the stream moves to a fresh session.
+			st.sess.probeIfQuiet(reusedProbeQuiet)
+		}
 	}
 }
+
+// reusedProbeQuiet: a pooled session that received nothing for this long is probed when a new
+// stream's SYN goes out on it.
+const reusedProbeQuiet = time.Second
 
 // armSynAckLocked starts the wait for cmdSYNACK (v2 sessions only).
 func (st *Stream) armSynAckLocked() {
@@ -446,6 +456,17 @@ func (st *Stream) armSynAckLocked() {
 		st.mu.Lock()
 		if st.acked || st.sess != s {
 			st.mu.Unlock()
+			return
+		}
+		if !st.synAckMore && st.synAckTimer != nil && st.reused && !st.retried && !st.gotData &&
+			!st.replayOff && s.recvClock.Load() == st.attachedAt && s.cfg.heartbeatInterval > 0 {
+			// Nothing at all arrived on the session since this stream was attached: judge the
+			// session by a heartbeat first. If it is dead the stream moves to a fresh session;
+			// if it answers and still sends no SYNACK, the stream fails when this runs again.
+			st.synAckMore = true
+			st.synAckTimer.Reset(s.cfg.heartbeatTimeout + time.Second)
+			st.mu.Unlock()
+			s.probe()
 			return
 		}
 		st.mu.Unlock()
