@@ -6,10 +6,11 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
 FUZZTIME ?= 60s
 # Our own packages run under the race detector. Packages that run the peers' code (sing-anytls,
 # mihomo, sing-box) run without it: those libraries have data races of their own.
-RACE_PKGS := ./protocol/... ./option/... ./adapter/... ./internal/... ./cmd/...
-PEER_PKGS := ./test/...
+RACE_PKGS := ./protocol/... ./option/... ./adapter/... ./internal/... ./cmd/... ./test/fault/...
+# test/fault runs only our code, so it is in RACE_PKGS and left out here.
+PEER_PKGS = $(shell $(GO) list -tags $(TAGS) ./test/... | grep -v '/test/fault$$')
 
-.PHONY: all build run test test-race test-peers bench lint fuzz clean
+.PHONY: all build run test test-race test-peers bench lint fuzz soak clean
 
 all: build
 
@@ -43,6 +44,10 @@ fuzz:
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# The long forms of the fault suite (10 000 streams over 50 sessions, ...); see test/fault.
+soak:
+	ANYTLS_SOAK=1 $(GO) test -count=1 -run Soak -timeout 60m -v ./test/fault/
 
 clean:
 	rm -rf bin
