@@ -1,0 +1,535 @@
+package interop
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	singpadding "github.com/anytls/sing-anytls/padding"
+
+	"github.com/anytls-engine/anytls/protocol"
+)
+
+type pair struct {
+	name   string
+	client clientFactory
+	server serverFactory
+}
+
+// interopPairs are the four directions this package exists for.
+var interopPairs = []pair{
+	{"ours-to-sing-anytls", ourClientFactory, singServerFactory},
+	{"sing-anytls-to-ours", singClientFactory, ourServerFactory},
+	{"ours-to-mihomo", ourClientFactory, mihomoServerFactory},
+	{"mihomo-to-ours", mihomoClientFactory, ourServerFactory},
+}
+
+// allPairs adds the baselines: ours with ours, and each peer with itself.
+var allPairs = append(append([]pair{
+	{"ours-to-ours", ourClientFactory, ourServerFactory},
+}, interopPairs...),
+	pair{"sing-anytls-to-sing-anytls", singClientFactory, singServerFactory},
+	pair{"mihomo-to-mihomo", mihomoClientFactory, mihomoServerFactory},
+)
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*ioTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// bulkSize is what each direction of TestBulkTransfer carries per pair.
+const bulkSize = 64 << 20
+
+type throughput struct {
+	pair     string
+	up, down float64 // MB/s
+}
+
+func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }
+
+// TestBulkTransfer moves 64 MiB up and 64 MiB down through one stream per direction, checked
+// with sha256, for every pair; the rates of all pairs in this one run are logged side by side.
+func TestBulkTransfer(t *testing.T) {
+	var results []throughput
+	for _, p := range allPairs {
+		t.Run(p.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := p.server(t)
+			c := p.client(t, srv.Addr())
+
+			conn, err := c.Dial(ctx, tg.addr)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			up, err := upload(conn, bulkSize, c.MaxWrite())
+			conn.Close()
+			if err != nil {
+				t.Fatalf("upload: %v", err)
+			}
+			conn, err = c.Dial(ctx, tg.addr)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			down, err := download(conn, bulkSize)
+			conn.Close()
+			if err != nil {
+				t.Fatalf("download: %v", err)
+			}
+			r := throughput{pair: p.name, up: mbps(bulkSize, up), down: mbps(bulkSize, down)}
+			t.Logf("%s: upload %.0f MB/s, download %.0f MB/s", p.name, r.up, r.down)
+			results = append(results, r)
+		})
+	}
+	if len(results) == 0 {
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "single-stream throughput over TLS 1.3 on loopback, %d MiB per direction (ratio to ours-to-ours):\n", bulkSize>>20)
+	base := results[0]
+	for _, r := range results {
+		fmt.Fprintf(&b, "  %-28s upload %6.0f MB/s (%.2f)   download %6.0f MB/s (%.2f)\n",
+			r.pair, r.up, r.up/base.up, r.down, r.down/base.down)
+	}
+	t.Log(b.String())
+}
+
+// BenchmarkTransfer measures single-stream upload and download per pair (16 MiB per op).
+func BenchmarkTransfer(b *testing.B) {
+	const n = 16 << 20
+	for _, p := range allPairs {
+		for _, dir := range []string{"up", "down"} {
+			b.Run(p.name+"/"+dir, func(b *testing.B) {
+				tg := startTarget(b)
+				srv := p.server(b)
+				c := p.client(b, srv.Addr())
+				b.SetBytes(n)
+				for b.Loop() {
+					conn, err := c.Dial(context.Background(), tg.addr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if dir == "up" {
+						_, err = upload(conn, n, c.MaxWrite())
+					} else {
+						_, err = download(conn, n)
+					}
+					conn.Close()
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestConcurrentStreams runs 100 streams at once, each echoing 256 KiB checked with sha256.
+// Deployed clients carry one stream per session, so they open 100 TLS connections; ours does
+// the same by default, and with MaxStreamsPerSession it multiplexes them over one session,
+// which both peers' servers accept.
+func TestConcurrentStreams(t *testing.T) {
+	const streams, size = 100, 256 << 10
+	pairs := append(append([]pair(nil), interopPairs...),
+		pair{"ours-mux-to-sing-anytls", ourMuxClientFactory, singServerFactory},
+		pair{"ours-mux-to-mihomo", ourMuxClientFactory, mihomoServerFactory},
+		pair{"ours-mux-to-ours", ourMuxClientFactory, ourServerFactory},
+	)
+	for _, p := range pairs {
+		t.Run(p.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := p.server(t)
+			c := p.client(t, srv.Addr())
+
+			conns := make([]net.Conn, streams)
+			for i := range conns {
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("dial stream %d: %v", i, err)
+				}
+				defer conn.Close()
+				conns[i] = conn
+			}
+			if oc, ok := c.(*ourClient); ok {
+				open, _ := oc.SessionCount()
+				want := streams
+				if strings.Contains(p.name, "mux") {
+					want = 1
+				}
+				if open != want {
+					t.Errorf("our client has %d sessions for %d concurrent streams, want %d", open, streams, want)
+				}
+			}
+			errs := make(chan error, streams)
+			var wg sync.WaitGroup
+			for i, conn := range conns {
+				wg.Go(func() {
+					if err := echo(conn, size, c.MaxWrite(), 0); err != nil {
+						errs <- fmt.Errorf("stream %d: %w", i, err)
+					}
+					conn.Close()
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if os, ok := srv.(*ourServer); ok {
+				if got := os.accepted.Load(); got != streams {
+					t.Errorf("our server accepted %d connections, want %d (peers carry one stream per session)", got, streams)
+				}
+			}
+		})
+	}
+}
+
+// TestSessionReuse runs five streams one after another: they must share one session (one TLS
+// connection).
+func TestSessionReuse(t *testing.T) {
+	const rounds = 5
+	for _, p := range interopPairs {
+		t.Run(p.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := p.server(t)
+			c := p.client(t, srv.Addr())
+			for i := range rounds {
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("round %d: dial: %v", i, err)
+				}
+				err = echo(conn, 64<<10, c.MaxWrite(), 0)
+				conn.Close()
+				if err != nil {
+					t.Fatalf("round %d: %v", i, err)
+				}
+			}
+			checked := false
+			if oc, ok := c.(*ourClient); ok {
+				checked = true
+				if open, idle := oc.SessionCount(); open != 1 || idle != 1 {
+					t.Errorf("after %d sequential streams our client has %d sessions (%d idle), want 1 (1 idle)", rounds, open, idle)
+				}
+				if n := len(oc.recorders()); n != 1 {
+					t.Errorf("our client dialled %d connections, want 1", n)
+				}
+			}
+			var accepted int64 = -1
+			switch s := srv.(type) {
+			case *ourServer:
+				accepted = s.accepted.Load()
+			case *singServer:
+				accepted = s.accepted.Load()
+			}
+			if accepted >= 0 {
+				checked = true
+				if accepted != 1 {
+					t.Errorf("server accepted %d TLS connections for %d sequential streams, want 1", accepted, rounds)
+				}
+			}
+			if !checked {
+				t.Fatal("no side of this pair can count sessions")
+			}
+		})
+	}
+}
+
+// customScheme differs from the default in every line, so that its use is visible: packet 0
+// (the authentication) carries exactly 77 bytes of padding.
+const customScheme = "stop=5\n0=77-77\n1=150-160\n2=300-310,c,200-210\n3=40-50\n4=60-70"
+
+func md5Hex(b []byte) string {
+	sum := md5.Sum(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// TestPaddingSchemePush checks both directions of cmdUpdatePaddingScheme: the server's scheme
+// replaces the client's for the sessions the client creates afterwards.
+func TestPaddingSchemePush(t *testing.T) {
+	customMD5 := md5Hex([]byte(customScheme))
+	defaultMD5 := protocol.DefaultPaddingScheme.MD5()
+	if got := md5Hex(singpadding.DefaultPaddingScheme); got != defaultMD5 {
+		t.Fatalf("default scheme md5: ours %s, sing-anytls %s", defaultMD5, got)
+	}
+	scheme, err := protocol.ParsePaddingScheme([]byte(customScheme))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// twoSessions runs one stream, then a second while the first is still open, so that the
+	// client must create a second session after the first one learnt the server's scheme.
+	twoSessions := func(t *testing.T, c client, dest func() net.Conn) {
+		first := dest()
+		defer first.Close()
+		if err := echo(first, 1000, c.MaxWrite(), 0); err != nil {
+			t.Fatalf("first stream: %v", err)
+		}
+		second := dest()
+		defer second.Close()
+		if err := echo(second, 1000, c.MaxWrite(), 0); err != nil {
+			t.Fatalf("second stream: %v", err)
+		}
+	}
+	checkSessions := func(t *testing.T, who string, recorded [][]byte) {
+		t.Helper()
+		if len(recorded) != 2 {
+			t.Fatalf("%d sessions recorded, want 2", len(recorded))
+		}
+		for i, want := range []struct {
+			pad int
+			md5 string
+		}{{30, defaultMD5}, {77, customMD5}} {
+			cs, err := parseClientSession(recorded[i])
+			if err != nil {
+				t.Fatalf("session %d: %v", i+1, err)
+			}
+			if cs.authPadding != want.pad || cs.paddingMD5 != want.md5 {
+				t.Errorf("%s session %d: authentication padding %d, padding-md5 %s; want %d, %s",
+					who, i+1, cs.authPadding, cs.paddingMD5, want.pad, want.md5)
+			}
+		}
+	}
+
+	for _, name := range []string{"sing-anytls", "mihomo"} {
+		t.Run("ours-pushes-to-"+name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := startOurServer(t, ourServerConfig{scheme: scheme, record: true})
+			var c client
+			if name == "mihomo" {
+				c = newMihomoClient(t, srv.Addr())
+			} else {
+				c = newSingClient(t, srv.Addr())
+			}
+			twoSessions(t, c, func() net.Conn {
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return conn
+			})
+			var recorded [][]byte
+			for _, r := range srv.recorders() {
+				recorded = append(recorded, r.Reads())
+			}
+			checkSessions(t, name+" client", recorded)
+		})
+	}
+
+	for _, name := range []string{"sing-anytls", "mihomo"} {
+		t.Run(name+"-pushes-to-ours", func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			var srv server
+			if name == "mihomo" {
+				srv = startMihomoServer(t, customScheme)
+			} else {
+				srv = startSingServer(t, singServerConfig{scheme: []byte(customScheme)})
+			}
+			c := newOurClient(t, srv.Addr(), nil)
+			if got := c.PaddingScheme().MD5(); got != defaultMD5 {
+				t.Fatalf("new client's scheme md5 %s, want the default %s", got, defaultMD5)
+			}
+			pushed := false
+			twoSessions(t, c, func() net.Conn {
+				if pushed {
+					// The first stream's data came back after the server's settings
+					// answer, so the scheme must have been replaced by now.
+					if got := c.PaddingScheme().MD5(); got != customMD5 {
+						t.Errorf("after the first session our client's scheme md5 is %s, want %s", got, customMD5)
+					}
+				}
+				pushed = true
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return conn
+			})
+			var recorded [][]byte
+			for _, r := range c.recorders() {
+				recorded = append(recorded, r.Writes())
+			}
+			checkSessions(t, "our client", recorded)
+		})
+	}
+}
+
+// TestDialFailure opens a stream to a closed port. A server that reports the dial result in
+// cmdSYNACK makes the client's stream fail with the server's error; mihomo's server
+// acknowledges before dialing, so the stream just ends. Either way the session survives and
+// carries the next stream.
+func TestDialFailure(t *testing.T) {
+	for _, p := range interopPairs {
+		t.Run(p.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := p.server(t)
+			c := p.client(t, srv.Addr())
+			closed := closedPort(t)
+
+			conn, err := c.Dial(ctx, closed)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			conn.SetDeadline(time.Now().Add(ioTimeout))
+			conn.Write(requestHeader('E', 1, 0)) // may fail if the refusal came first
+			n, err := conn.Read(make([]byte, 16))
+			conn.Close()
+			t.Logf("read from a stream to a closed port: n=%d err=%v", n, err)
+			if n != 0 || err == nil {
+				t.Fatalf("read from a stream to a closed port: n=%d err=%v, want an error", n, err)
+			}
+			switch {
+			case p.name == "ours-to-sing-anytls":
+				if !errors.Is(err, protocol.ErrRemoteRefused) || !strings.Contains(err.Error(), "connection refused") {
+					t.Errorf("error %q: want ErrRemoteRefused carrying the server's dial error", err)
+				}
+			case p.name == "ours-to-mihomo":
+				// mihomo sends an empty cmdSYNACK before it dials and then closes the stream.
+				if !errors.Is(err, io.EOF) {
+					t.Errorf("error %q: want io.EOF (mihomo reports no dial error)", err)
+				}
+			default: // a peer's client reading our server's cmdSYNACK error
+				if !strings.Contains(err.Error(), "connection refused") {
+					t.Errorf("error %q: want our server's dial error text", err)
+				}
+			}
+
+			conn, err = c.Dial(ctx, tg.addr)
+			if err != nil {
+				t.Fatalf("dial after the failure: %v", err)
+			}
+			err = echo(conn, 4096, c.MaxWrite(), 0)
+			conn.Close()
+			if err != nil {
+				t.Fatalf("stream after the failure: %v", err)
+			}
+			if oc, ok := c.(*ourClient); ok {
+				if open, _ := oc.SessionCount(); open != 1 {
+					t.Errorf("our client has %d sessions, want 1 (the refused stream must not kill the session)", open)
+				}
+			}
+			if os, ok := srv.(*ourServer); ok {
+				if got := os.accepted.Load(); got != 1 {
+					t.Errorf("our server accepted %d connections, want 1 (the refused stream must not kill the session)", got)
+				}
+			}
+		})
+	}
+}
+
+// TestV1Server talks to our server limited to protocol version 1 (a stand-in for old servers):
+// it sends no cmdServerSettings and no cmdSYNACK, and every client must still work, our own
+// without waiting for a cmdSYNACK that never comes.
+func TestV1Server(t *testing.T) {
+	clients := []struct {
+		name    string
+		factory clientFactory
+	}{
+		{"ours", func(t testing.TB, addr string) client {
+			// A cmdSYNACK wait, if one were armed, would fail the delayed echo below.
+			return newOurClient(t, addr, func(c *protocol.ClientConfig) { c.SynAckTimeout = 50 * time.Millisecond })
+		}},
+		{"sing-anytls", singClientFactory},
+		{"mihomo", mihomoClientFactory},
+	}
+	for _, cl := range clients {
+		t.Run(cl.name+"-to-v1-ours", func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := startOurServer(t, ourServerConfig{maxVersion: 1})
+			c := cl.factory(t, srv.Addr())
+			for i := range 3 {
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("stream %d: dial: %v", i, err)
+				}
+				// The target answers 150 ms late, three times the client's SynAckTimeout.
+				err = echo(conn, 8192, c.MaxWrite(), 150*time.Millisecond)
+				conn.Close()
+				if err != nil {
+					t.Fatalf("stream %d: %v", i, err)
+				}
+			}
+			if got := srv.accepted.Load(); got != 1 {
+				t.Errorf("server accepted %d connections for 3 sequential streams, want 1", got)
+			}
+			if oc, ok := c.(*ourClient); ok {
+				recs := oc.recorders()
+				if len(recs) != 1 {
+					t.Fatalf("our client dialled %d connections, want 1", len(recs))
+				}
+				for _, f := range parseFrames(recs[0].Reads()) {
+					if f.cmd == cmdSYNACK || f.cmd == cmdServerSettings {
+						t.Errorf("v1 server sent command %d", f.cmd)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestUDP sends datagrams through UDP-over-TCP v2 with the code each host uses: sing's
+// common/uot (connect mode as sing-box dials, packet mode as it listens), mihomo's
+// uot.NewLazyConn (packet mode); servers decode with sing's uot (our test handler, sing-box's
+// inbound code path) or mihomo's listener/sing.
+func TestUDP(t *testing.T) {
+	type udpCase struct {
+		name   string
+		client clientFactory
+		server serverFactory
+		packet bool // our client in packet mode (uot.Client.ListenPacket)
+	}
+	cases := []udpCase{{name: "ours-to-ours", client: ourClientFactory, server: ourServerFactory}}
+	for _, p := range interopPairs {
+		cases = append(cases, udpCase{name: p.name, client: p.client, server: p.server})
+	}
+	for _, s := range []struct {
+		name string
+		f    serverFactory
+	}{{"ours", ourServerFactory}, {"sing-anytls", singServerFactory}, {"mihomo", mihomoServerFactory}} {
+		cases = append(cases, udpCase{name: "ours-packet-mode-to-" + s.name, client: ourClientFactory, server: s.f, packet: true})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			echoAddr := startUDPEcho(t)
+			srv := tc.server(t)
+			c := tc.client(t, srv.Addr())
+			var pc net.PacketConn
+			var err error
+			if tc.packet {
+				pc, err = c.(*ourClient).listenPacket(ctx, echoAddr)
+			} else {
+				pc, err = c.ListenUDP(ctx, echoAddr)
+			}
+			if err != nil {
+				t.Fatalf("open UDP: %v", err)
+			}
+			defer pc.Close()
+			if err := checkUDP(pc, echoAddr); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
