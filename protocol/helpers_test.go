@@ -5,10 +5,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -296,6 +297,8 @@ type rawPeer struct {
 	done   chan struct{} // closed when the reader stops
 	err    error         // why the reader stopped (valid after done)
 	wmu    sync.Mutex
+	// autoHeart answers cmdHeartRequest without passing it on to the test.
+	autoHeart atomic.Bool
 }
 
 // newRawPeer starts reading frames from conn. If auth is true, it first reads and checks an
@@ -330,6 +333,10 @@ func newRawPeer(t testing.TB, conn net.Conn, auth bool) *rawPeer {
 				return
 			}
 			if h.Cmd == CmdWaste {
+				continue
+			}
+			if h.Cmd == CmdHeartRequest && p.autoHeart.Load() {
+				go p.write(CmdHeartResponse, h.StreamID, nil)
 				continue
 			}
 			p.frames <- rawFrame{h, data}
@@ -421,4 +428,14 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-var errTest = errors.New("test error")
+// testLogger sends the engine's debug log to the test log (with the bubble's fake clock).
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tlogWriter struct{ t testing.TB }
+
+func (w tlogWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}

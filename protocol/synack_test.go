@@ -1,0 +1,217 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// TestSynAckReportsDialError: the handler's Report(err) reaches the client as a stream error
+// carrying the text; the session survives for the next stream.
+func TestSynAckReportsDialError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const text = "dial tcp 192.0.2.1:80: connect: connection refused"
+		p := newMemPair(t, ServerConfig{Handler: func(ctx context.Context, st *Stream) {
+			if st.Destination().Port == 80 {
+				st.Report(errors.New(text))
+				return
+			}
+			echoHandler(ctx, st)
+		}}, ClientConfig{})
+		st := p.open("192.0.2.1:80")
+		st.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+		_, err := st.Read(make([]byte, 10))
+		if !errors.Is(err, ErrRemoteRefused) {
+			t.Fatalf("Read = %v, want ErrRemoteRefused", err)
+		}
+		var re *RemoteError
+		if !errors.As(err, &re) || re.Text != text || !strings.Contains(err.Error(), text) {
+			t.Fatalf("error %q does not carry the server's text %q", err, text)
+		}
+		if _, err := st.Write([]byte("x")); !errors.Is(err, ErrRemoteRefused) {
+			t.Fatalf("Write after refusal = %v, want ErrRemoteRefused", err)
+		}
+		st.Close()
+		synctest.Wait()
+		st2 := p.open("192.0.2.1:443")
+		echo(t, st2, []byte("fine"))
+		st2.Close()
+		if n := p.dials.Load(); n != 1 {
+			t.Fatalf("%d sessions, want the refused stream's session reused", n)
+		}
+		down := parseFrames(t, p.serverConn(0).Bytes())
+		var acks []string
+		for _, f := range down {
+			if f.Cmd == CmdSYNACK {
+				acks = append(acks, string(f.Data))
+			}
+		}
+		if len(acks) != 2 || acks[0] != text || acks[1] != "" {
+			t.Fatalf("SYNACKs %q, want [%q, \"\"]", acks, text)
+		}
+	})
+}
+
+// TestEarlySynAck: a handler that has not reported within EarlySynAckDelay gets an empty
+// cmdSYNACK sent for it (deployed clients kill the session after 3 s); its later failure
+// closes the stream.
+func TestEarlySynAck(t *testing.T) {
+	for _, fail := range []bool{true, false} {
+		name := "late success"
+		if fail {
+			name = "late failure"
+		}
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const dialTime = 5 * time.Second
+				p := newMemPair(t, ServerConfig{
+					EarlySynAckDelay: 2 * time.Second,
+					Handler: func(ctx context.Context, st *Stream) {
+						time.Sleep(dialTime) // a slow outbound dial
+						if fail {
+							st.Report(errors.New("dial timeout"))
+							return
+						}
+						st.Report(nil)
+						echoHandler(ctx, st)
+					},
+				}, ClientConfig{SynAckTimeout: 3 * time.Second})
+				start := time.Now()
+				st := p.open("example.com:80")
+				type result struct {
+					err error
+					at  time.Duration
+				}
+				res := make(chan result, 1)
+				go func() {
+					_, err := st.Read(make([]byte, 10))
+					res <- result{err, time.Since(start)}
+				}()
+				time.Sleep(2*time.Second + time.Millisecond)
+				synctest.Wait()
+				down := parseFrames(t, p.serverConn(0).Bytes())
+				if n := countCmd(down, CmdSYNACK); n != 1 {
+					t.Fatalf("%d SYNACKs after EarlySynAckDelay, want the early one", n)
+				}
+				time.Sleep(2 * time.Second) // past the client's SYNACK wait: nothing fails
+				synctest.Wait()
+				if len(res) > 0 {
+					r := <-res
+					t.Fatalf("stream failed at %v with %v before the dial finished", r.at, r.err)
+				}
+				if fail {
+					r := <-res
+					if r.err != io.EOF || r.at != dialTime {
+						t.Fatalf("late failure: Read = %v at %v, want io.EOF at %v", r.err, r.at, dialTime)
+					}
+				} else {
+					if _, err := st.Write([]byte("ping")); err != nil {
+						t.Fatal(err)
+					}
+					if r := <-res; r.err != nil {
+						t.Fatalf("late success: Read = %v", r.err)
+					}
+				}
+				st.Close()
+				synctest.Wait()
+				down = parseFrames(t, p.serverConn(0).Bytes())
+				for _, f := range down {
+					if f.Cmd == CmdSYNACK && len(f.Data) != 0 {
+						t.Fatalf("error SYNACK %q after the early one", f.Data)
+					}
+				}
+				if n := countCmd(down, CmdSYNACK); n != 1 {
+					t.Fatalf("%d SYNACKs for one stream, want 1", n)
+				}
+			})
+		})
+	}
+}
+
+// TestSynAckTimeoutFailsOnlyTheStream: a v2 server that never acknowledges a stream fails that
+// stream after SynAckTimeout; the session is probed, survives and carries the next stream.
+func TestSynAckTimeoutFailsOnlyTheStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const wait = 4 * time.Second
+		c, peers := fakeServerClient(t, ClientConfig{SynAckTimeout: wait})
+		start := time.Now()
+		st, err := c.OpenStream(context.Background(), mustAddr(t, "example.com:443"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := <-peers
+		defer srv.close()
+		srv.expect(CmdSettings, time.Second)
+		srv.write(CmdServerSettings, 0, []byte("v=2"))
+		srv.expect(CmdSYN, time.Second)
+		srv.expect(CmdPSH, time.Second) // the address
+		_, err = st.Read(make([]byte, 10))
+		if !errors.Is(err, ErrSynAckTimeout) {
+			t.Fatalf("Read = %v, want ErrSynAckTimeout", err)
+		}
+		if d := time.Since(start); d != wait {
+			t.Fatalf("stream failed after %v, want %v", d, wait)
+		}
+		// the client gives the stream up (cmdFIN) and probes the session
+		fin := srv.expect(CmdFIN, time.Second, CmdHeartRequest)
+		if fin.StreamID != 1 {
+			t.Fatalf("FIN for stream %d", fin.StreamID)
+		}
+		srv.write(CmdHeartResponse, 0, nil)
+		st.Close()
+		synctest.Wait()
+		if open, _ := c.SessionCount(); open != 1 {
+			t.Fatalf("%d sessions open, want the session kept", open)
+		}
+		st2, err := c.OpenStream(context.Background(), mustAddr(t, "example.com:443"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go st2.Write([]byte("hi"))
+		syn := srv.expect(CmdSYN, time.Second, CmdHeartRequest, CmdFIN)
+		if syn.StreamID != 2 {
+			t.Fatalf("second stream id %d, want 2 on the same session", syn.StreamID)
+		}
+		srv.write(CmdSYNACK, 2, nil)
+		srv.write(CmdPSH, 2, []byte("ok"))
+		b := make([]byte, 2)
+		if _, err := io.ReadFull(st2, b); err != nil || string(b) != "ok" {
+			t.Fatalf("second stream read %q, %v", b, err)
+		}
+		time.Sleep(2 * wait) // acknowledged: no timeout later
+		synctest.Wait()
+		if _, err := st2.Write([]byte("more")); err != nil {
+			t.Fatalf("acknowledged stream failed: %v", err)
+		}
+		st2.Close()
+	})
+}
+
+// TestSynAckAcceptedImmediately: a server that acknowledges before dialing (mihomo) is fine.
+func TestSynAckAcceptedImmediately(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, peers := fakeServerClient(t, ClientConfig{})
+		st, err := c.OpenStream(context.Background(), mustAddr(t, "example.com:443"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := <-peers
+		defer srv.close()
+		srv.autoHeart.Store(true)
+		srv.expect(CmdSettings, time.Second)
+		srv.write(CmdServerSettings, 0, []byte("v=2"))
+		srv.write(CmdSYNACK, 1, nil)
+		srv.expect(CmdSYN, time.Second)
+		time.Sleep(time.Minute)
+		srv.write(CmdPSH, 1, []byte("late data"))
+		b := make([]byte, 9)
+		if _, err := io.ReadFull(st, b); err != nil {
+			t.Fatalf("Read = %v", err)
+		}
+		st.Close()
+	})
+}
