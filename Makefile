@@ -29,7 +29,14 @@ test-race:
 test-peers:
 	$(GO) test -count=1 -timeout 15m -tags $(TAGS) $(PEER_PKGS)
 
+# Ours side by side with raw TCP, crypto/tls, sing-anytls and mihomo (see BENCHMARKS.md);
+# BENCHFLAGS passes options, e.g. BENCHFLAGS='-runs 1 -metrics bulk'. Output also in bin/bench.txt.
 bench:
+	$(GO) build -tags $(TAGS) -o bin/anytls-bench ./test/bench
+	set -o pipefail; bin/anytls-bench $(BENCHFLAGS) | tee bin/bench.txt
+
+# The engine's own microbenchmarks.
+bench-engine:
 	$(GO) test -run '^$$' -bench . -benchmem -tags $(TAGS) ./protocol/...
 
 lint:
