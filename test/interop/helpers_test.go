@@ -130,6 +130,7 @@ func clientTLSConfig(t testing.TB) *tls.Config {
 //   'U' upload:   the target reads n bytes and answers with their sha256, then closes.
 //   'D' download: the target sends n pseudo-random bytes and then their sha256, then closes.
 //   'E' echo:     after the delay, the target echoes n bytes, then closes.
+//   'K' keep:     as 'E', but then the target waits for the client to close.
 // Lengths are in-band because deployed peers have no half-close.
 
 const headerSize = 13
@@ -212,11 +213,16 @@ func (tg *target) serve(c net.Conn) {
 			left -= int64(len(chunk))
 		}
 		c.Write(h.Sum(nil))
-	case 'E':
+	case 'E', 'K':
 		if delay > 0 {
 			time.Sleep(delay) // a slow target, not a protocol timeout
 		}
-		io.CopyN(c, c, n)
+		if _, err := io.CopyN(c, c, n); err != nil {
+			return
+		}
+		if hdr[0] == 'K' {
+			io.Copy(io.Discard, c) // keep the connection until the client closes it
+		}
 	}
 }
 
@@ -304,12 +310,17 @@ func download(conn net.Conn, n int64) (time.Duration, error) {
 // echo sends n random bytes to an echo target (writes of at most chunk bytes, concurrently with
 // reading) and checks that the same bytes come back.
 func echo(conn net.Conn, n int, chunk int, delay time.Duration) error {
+	return echoOp(conn, 'E', n, chunk, delay)
+}
+
+// echoOp is echo with the target operation 'E' (close after echoing) or 'K' (keep open).
+func echoOp(conn net.Conn, op byte, n int, chunk int, delay time.Duration) error {
 	conn.SetDeadline(time.Now().Add(ioTimeout))
 	data := make([]byte, n)
 	newGenerator(uint64(n)).Read(data)
 	werr := make(chan error, 1)
 	go func() {
-		if _, err := conn.Write(requestHeader('E', int64(n), delay)); err != nil {
+		if _, err := conn.Write(requestHeader(op, int64(n), delay)); err != nil {
 			werr <- fmt.Errorf("write echo header: %w", err)
 			return
 		}
