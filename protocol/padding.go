@@ -145,6 +145,9 @@ func (r sizeRange) pick() int {
 	return r.min + rand.IntN(r.max-r.min)
 }
 
+// hasLine reports whether the scheme has a line for packet pkt.
+func (p *PaddingScheme) hasLine(pkt int) bool { return pkt < len(p.lines) && p.lines[pkt] != nil }
+
 // AuthPadding returns the padding0 length for a new session's authentication packet.
 func (p *PaddingScheme) AuthPadding() int {
 	if p.stop == 0 || len(p.lines) == 0 || len(p.lines[0]) == 0 {

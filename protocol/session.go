@@ -139,10 +139,15 @@ func (s *session) writePacketOpt(b []byte, cancel <-chan struct{}, control bool)
 	}
 	var err error
 	switch {
-	case s.padOn && s.pkt < s.padding.stop:
+	case s.padOn && s.pkt < s.padding.stop && (!control || s.padding.hasLine(s.pkt)):
 		err = s.writePadded(b)
 		s.pkt++
 	case control && s.padOn:
+		// After stop, or a packet the scheme has no line for: the scheme leaves it as is, which
+		// for a control-only packet would be a record of a fixed size.
+		if s.pkt < s.padding.stop {
+			s.pkt++
+		}
 		waste := rand.IntN(maxControlWaste)
 		rec := getBuf(len(b) + HeaderSize + waste)
 		copy(rec, b)
