@@ -458,6 +458,13 @@ func (st *Stream) armSynAckLocked() {
 			st.mu.Unlock()
 			return
 		}
+		if s.readerBlocked.Load() > 0 && st.synAckTimer != nil {
+			// Our reader is blocked delivering to another stream's full buffer: nothing, this
+			// SYNACK included, can arrive until it moves on (bounded by the stall timeout).
+			st.synAckTimer.Reset(s.cfg.synAckTimeout)
+			st.mu.Unlock()
+			return
+		}
 		if !st.synAckMore && st.synAckTimer != nil && st.reused && !st.retried && !st.gotData &&
 			!st.replayOff && s.recvClock.Load() == st.attachedAt && s.cfg.heartbeatInterval > 0 {
 			// Nothing at all arrived on the session since this stream was attached: judge the
