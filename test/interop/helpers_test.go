@@ -131,6 +131,9 @@ func clientTLSConfig(t testing.TB) *tls.Config {
 //   'D' download: the target sends n pseudo-random bytes and then their sha256, then closes.
 //   'E' echo:     after the delay, the target echoes n bytes, then closes.
 //   'K' keep:     as 'E', but then the target waits for the client to close.
+//   'S' sink:     the target reads n bytes and answers with their count (uint64), then closes.
+//   'R' source:   the target sends n bytes (a repeated random block), then closes.
+// 'S' and 'R' measure throughput: they skip the checksums, whose cost would dominate.
 // Lengths are in-band because deployed peers have no half-close.
 
 const headerSize = 13
@@ -213,6 +216,26 @@ func (tg *target) serve(c net.Conn) {
 			left -= int64(len(chunk))
 		}
 		c.Write(h.Sum(nil))
+	case 'S':
+		buf := make([]byte, 1<<20)
+		var got int64
+		for got < n {
+			m, err := c.Read(buf[:min(int64(len(buf)), n-got)])
+			got += int64(m)
+			if err != nil {
+				return
+			}
+		}
+		c.Write(binary.BigEndian.AppendUint64(nil, uint64(got)))
+	case 'R':
+		block := randomBlock()
+		for left := n; left > 0; {
+			m := min(int64(len(block)), left)
+			if _, err := c.Write(block[:m]); err != nil {
+				return
+			}
+			left -= m
+		}
 	case 'E', 'K':
 		if delay > 0 {
 			time.Sleep(delay) // a slow target, not a protocol timeout
@@ -240,6 +263,65 @@ func newGenerator(seed uint64) *mrand.ChaCha8 {
 	binary.BigEndian.PutUint64(s[:], seed)
 	binary.BigEndian.PutUint64(s[8:], uint64(time.Now().UnixNano()))
 	return mrand.NewChaCha8(s)
+}
+
+var (
+	blockOnce sync.Once
+	block     []byte
+)
+
+// randomBlock returns 1 MiB of random bytes, shared and read-only.
+func randomBlock() []byte {
+	blockOnce.Do(func() {
+		block = make([]byte, 1<<20)
+		rand.Read(block)
+	})
+	return block
+}
+
+// sink sends n bytes (writes of at most chunk bytes) to an 'S' target and waits for its count.
+func sink(conn net.Conn, n int64, chunk int) (time.Duration, error) {
+	conn.SetDeadline(time.Now().Add(ioTimeout))
+	start := time.Now()
+	if _, err := conn.Write(requestHeader('S', n, 0)); err != nil {
+		return 0, fmt.Errorf("write sink header: %w", err)
+	}
+	block := randomBlock()
+	for left := n; left > 0; {
+		b := block[:min(int64(len(block)), left)]
+		if err := writeChunked(conn, b, chunk); err != nil {
+			return 0, fmt.Errorf("sink after %d bytes: %w", n-left, err)
+		}
+		left -= int64(len(b))
+	}
+	var cnt [8]byte
+	if _, err := io.ReadFull(conn, cnt[:]); err != nil {
+		return 0, fmt.Errorf("read sink count: %w", err)
+	}
+	d := time.Since(start)
+	if got := int64(binary.BigEndian.Uint64(cnt[:])); got != n {
+		return d, fmt.Errorf("sink: target counted %d bytes, sent %d", got, n)
+	}
+	return d, nil
+}
+
+// source reads n bytes from an 'R' target.
+func source(conn net.Conn, n int64) (time.Duration, error) {
+	conn.SetDeadline(time.Now().Add(ioTimeout))
+	start := time.Now()
+	if _, err := conn.Write(requestHeader('R', n, 0)); err != nil {
+		return 0, fmt.Errorf("write source header: %w", err)
+	}
+	buf := make([]byte, 256<<10)
+	var got int64
+	for got < n {
+		m, err := conn.Read(buf[:min(int64(len(buf)), n-got)])
+		got += int64(m)
+		if err != nil {
+			return 0, fmt.Errorf("source: got %d of %d bytes: %w", got, n, err)
+		}
+	}
+	return time.Since(start), nil
 }
 
 // writeChunked writes b in writes of at most chunk bytes.

@@ -83,6 +83,10 @@ type ourServerConfig struct {
 	scheme     *protocol.PaddingScheme
 	maxVersion int
 	record     bool // wrap each accepted connection in a recorder
+	// bigWrites makes the handler write what it reads from the target into the stream in
+	// writes of 1 MiB (Stream.Write must split them into frames); otherwise it uses io.Copy,
+	// which goes through Stream.ReadFrom.
+	bigWrites bool
 }
 
 type ourServer struct {
@@ -108,7 +112,9 @@ func (s *ourServer) recorders() []*recorder {
 // ourHandler is the stream handler of our test server: dial the destination, report the
 // result (cmdSYNACK), relay. UDP-over-TCP streams are served with sing's common/uot, as our
 // sing-box inbound does.
-func ourHandler(ctx context.Context, st *protocol.Stream) {
+func ourHandler(ctx context.Context, st *protocol.Stream) { ourHandlerWith(ctx, st, false) }
+
+func ourHandlerWith(ctx context.Context, st *protocol.Stream, bigWrites bool) {
 	defer st.Close()
 	dest := st.Destination()
 	if dest.IsUoT() {
@@ -133,7 +139,22 @@ func ourHandler(ctx context.Context, st *protocol.Stream) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.Copy(st, c) // st.ReadFrom
+		if bigWrites {
+			buf := make([]byte, 1<<20)
+			for {
+				n, err := io.ReadFull(c, buf)
+				if n > 0 {
+					if _, werr := st.Write(buf[:n]); werr != nil {
+						break
+					}
+				}
+				if err != nil {
+					break
+				}
+			}
+		} else {
+			io.Copy(st, c) // st.ReadFrom
+		}
 		st.Close()
 		c.Close()
 	}()
@@ -146,8 +167,10 @@ func ourHandler(ctx context.Context, st *protocol.Stream) {
 func startOurServer(t testing.TB, cfg ourServerConfig) *ourServer {
 	t.Helper()
 	srv, err := protocol.NewServer(protocol.ServerConfig{
-		Users:         []protocol.User{{Name: "user", Password: password}},
-		Handler:       ourHandler,
+		Users: []protocol.User{{Name: "user", Password: password}},
+		Handler: func(ctx context.Context, st *protocol.Stream) {
+			ourHandlerWith(ctx, st, cfg.bigWrites)
+		},
 		PaddingScheme: cfg.scheme,
 		MaxVersion:    cfg.maxVersion,
 	})
@@ -300,6 +323,11 @@ func newOurClient(t testing.TB, addr string, mod func(*protocol.ClientConfig)) *
 }
 
 func ourServerFactory(t testing.TB) server { return startOurServer(t, ourServerConfig{}) }
+
+// ourBigWritesServerFactory is our server whose handler writes 1 MiB at a time into streams.
+func ourBigWritesServerFactory(t testing.TB) server {
+	return startOurServer(t, ourServerConfig{bigWrites: true})
+}
 func ourClientFactory(t testing.TB, addr string) client {
 	return newOurClient(t, addr, nil)
 }
