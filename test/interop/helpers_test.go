@@ -133,6 +133,8 @@ func clientTLSConfig(t testing.TB) *tls.Config {
 //   'K' keep:     as 'E', but then the target waits for the client to close.
 //   'S' sink:     the target reads n bytes and answers with their count (uint64), then closes.
 //   'R' source:   the target sends n bytes (a repeated random block), then closes.
+//   'H' half:     the target reads until EOF (the client's half-close), then answers with the
+//                 sha256 of what it read, then closes.
 // 'S' and 'R' measure throughput: they skip the checksums, whose cost would dominate.
 // Lengths are in-band because deployed peers have no half-close.
 
@@ -236,6 +238,13 @@ func (tg *target) serve(c net.Conn) {
 			}
 			left -= m
 		}
+	case 'H':
+		// Read until the client half-closes, then answer with the sha256 of what came.
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil {
+			return
+		}
+		c.Write(h.Sum(nil))
 	case 'E', 'K':
 		if delay > 0 {
 			time.Sleep(delay) // a slow target, not a protocol timeout
@@ -613,8 +622,11 @@ type frame struct {
 
 // Frame commands (spec §3), named here so that the test does not depend on engine internals.
 const (
+	cmdWaste          = 0
 	cmdSettings       = 4
 	cmdSYNACK         = 7
+	cmdHeartRequest   = 8
+	cmdHeartResponse  = 9
 	cmdServerSettings = 10
 )
 
@@ -630,6 +642,27 @@ func parseFrames(b []byte) []frame {
 		b = b[7+n:]
 	}
 	return out
+}
+
+// countFrames counts the frames of each command in b.
+func countFrames(b []byte) map[byte]int {
+	m := map[byte]int{}
+	for _, f := range parseFrames(b) {
+		m[f.cmd]++
+	}
+	return m
+}
+
+// afterAuth returns what a client wrote after its authentication request.
+func afterAuth(b []byte) []byte {
+	if len(b) < 34 {
+		return nil
+	}
+	pad := int(binary.BigEndian.Uint16(b[32:34]))
+	if len(b) < 34+pad {
+		return nil
+	}
+	return b[34+pad:]
 }
 
 // clientSession decodes what a client sent in a session: the padding0 length of its

@@ -3,6 +3,7 @@ package interop
 import (
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -607,6 +608,167 @@ func TestUDP(t *testing.T) {
 			defer pc.Close()
 			if err := checkUDP(pc, echoAddr); err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestDomainDestination proxies to a domain name (SOCKS address type 3) rather than an IP.
+func TestDomainDestination(t *testing.T) {
+	for _, p := range interopPairs {
+		t.Run(p.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := p.server(t)
+			c := p.client(t, srv.Addr())
+			conn, err := c.DialFqdn(ctx, "localhost", tg.addr.Port())
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer conn.Close()
+			if err := echo(conn, 100<<10, c.MaxWrite(), 0); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestHalfClose: between two ends of ours, CloseWrite is a half-close (the target reads EOF and
+// still answers). Toward a peer, whose cmdFIN is a full close, CloseWrite must send nothing, so
+// the reply to what was written before it still arrives.
+func TestHalfClose(t *testing.T) {
+	const n = 1 << 20
+	for _, tc := range []struct {
+		name   string
+		server serverFactory
+	}{{"ours", ourServerFactory}, {"sing-anytls", singServerFactory}, {"mihomo", mihomoServerFactory}} {
+		t.Run("ours-to-"+tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := tc.server(t)
+			c := newOurClient(t, srv.Addr(), nil)
+			conn, err := c.Dial(ctx, tg.addr)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer conn.Close()
+			st := conn.(*protocol.Stream)
+			st.SetDeadline(time.Now().Add(ioTimeout))
+			data := make([]byte, n)
+			newGenerator(1).Read(data)
+			op := byte('U') // the peer's target needs the length: no EOF will reach it
+			if tc.name == "ours" {
+				op = 'H' // the target reads until EOF
+			}
+			if _, err := st.Write(append(requestHeader(op, n, 0), data...)); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			if err := st.CloseWrite(); err != nil {
+				t.Fatalf("CloseWrite: %v", err)
+			}
+			var sum [32]byte
+			if _, err := io.ReadFull(st, sum[:]); err != nil {
+				t.Fatalf("read the reply after CloseWrite: %v", err)
+			}
+			if sum != sha256.Sum256(data) {
+				t.Fatal("reply checksum differs from what was sent")
+			}
+			if tc.name == "ours" {
+				if _, err := st.Read(make([]byte, 1)); err != io.EOF {
+					t.Errorf("read after the reply: %v, want io.EOF", err)
+				}
+			}
+		})
+	}
+}
+
+// TestDownstreamPadding: our server padding its first packets (our extension) with cmdWaste
+// frames must be transparent to every client.
+func TestDownstreamPadding(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client clientFactory
+	}{{"ours", ourClientFactory}, {"sing-anytls", singClientFactory}, {"mihomo", mihomoClientFactory}} {
+		t.Run(tc.name+"-to-padding-ours", func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := startOurServer(t, ourServerConfig{padDownstream: true, record: true})
+			c := tc.client(t, srv.Addr())
+			for i, size := range []int{1, 100, 1000, 5000, 70000} {
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("stream %d: dial: %v", i, err)
+				}
+				err = echo(conn, size, c.MaxWrite(), 0)
+				conn.Close()
+				if err != nil {
+					t.Fatalf("stream %d: %v", i, err)
+				}
+			}
+			conn, err := c.Dial(ctx, tg.addr)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			_, err = download(conn, 1<<20)
+			conn.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs := srv.recorders()
+			if len(recs) != 1 {
+				t.Fatalf("%d sessions, want 1", len(recs))
+			}
+			if got := countFrames(recs[0].Writes())[cmdWaste]; got == 0 {
+				t.Error("the server sent no cmdWaste frame: downstream padding was not exercised")
+			}
+		})
+	}
+}
+
+// TestHeartbeat: our client probes a quiet session with cmdHeartRequest; every server must
+// answer, and the session must survive.
+func TestHeartbeat(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		server serverFactory
+	}{{"ours", ourServerFactory}, {"sing-anytls", singServerFactory}, {"mihomo", mihomoServerFactory}} {
+		t.Run("ours-to-"+tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := tc.server(t)
+			c := newOurClient(t, srv.Addr(), func(c *protocol.ClientConfig) {
+				c.HeartbeatInterval = 50 * time.Millisecond
+				c.HeartbeatTimeout = 5 * time.Second
+			})
+			for i := range 2 {
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("stream %d: dial: %v", i, err)
+				}
+				// The target answers after 300 ms: the session is quiet for six heartbeat
+				// intervals meanwhile.
+				err = echo(conn, 4096, c.MaxWrite(), 300*time.Millisecond)
+				conn.Close()
+				if err != nil {
+					t.Fatalf("stream %d: %v", i, err)
+				}
+			}
+			if open, _ := c.SessionCount(); open != 1 {
+				t.Errorf("our client has %d sessions, want 1", open)
+			}
+			recs := c.recorders()
+			if len(recs) != 1 {
+				t.Fatalf("our client dialled %d connections, want 1", len(recs))
+			}
+			req := countFrames(afterAuth(recs[0].Writes()))[cmdHeartRequest]
+			resp := countFrames(recs[0].Reads())[cmdHeartResponse]
+			t.Logf("heartbeat requests sent %d, responses received %d", req, resp)
+			if req == 0 || resp == 0 {
+				t.Errorf("heartbeat requests sent %d, responses received %d; want both > 0", req, resp)
 			}
 		})
 	}

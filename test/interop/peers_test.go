@@ -41,6 +41,8 @@ func init() {
 type client interface {
 	// Dial opens a proxied TCP connection to dest.
 	Dial(ctx context.Context, dest netip.AddrPort) (net.Conn, error)
+	// DialFqdn opens a proxied TCP connection to a domain name (SOCKS address type 3).
+	DialFqdn(ctx context.Context, host string, port uint16) (net.Conn, error)
 	// ListenUDP opens a UDP-over-TCP association to dest the way the client's host does.
 	ListenUDP(ctx context.Context, dest netip.AddrPort) (net.PacketConn, error)
 	// MaxWrite is the largest write the client's streams carry intact.
@@ -83,6 +85,8 @@ type ourServerConfig struct {
 	scheme     *protocol.PaddingScheme
 	maxVersion int
 	record     bool // wrap each accepted connection in a recorder
+	// padDownstream pads the server's first packets too (our extension).
+	padDownstream bool
 	// bigWrites makes the handler write what it reads from the target into the stream in
 	// writes of 1 MiB (Stream.Write must split them into frames); otherwise it uses io.Copy,
 	// which goes through Stream.ReadFrom.
@@ -136,6 +140,9 @@ func ourHandlerWith(ctx context.Context, st *protocol.Stream, bigWrites bool) {
 	}
 	st.Report(nil)
 	defer c.Close()
+	// target → client: when the target is done, the stream is done. client → target: the
+	// client's half-close (cmdFIN between two ends of ours) becomes the target's half-close,
+	// and the reply keeps flowing.
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -158,7 +165,10 @@ func ourHandlerWith(ctx context.Context, st *protocol.Stream, bigWrites bool) {
 		st.Close()
 		c.Close()
 	}()
-	io.Copy(c, st) // st.WriteTo
+	if _, err := io.Copy(c, st); err == nil { // st.WriteTo; nil: the client half-closed
+		c.(*net.TCPConn).CloseWrite()
+		<-done
+	}
 	c.Close()
 	st.Close()
 	<-done
@@ -173,6 +183,7 @@ func startOurServer(t testing.TB, cfg ourServerConfig) *ourServer {
 		},
 		PaddingScheme: cfg.scheme,
 		MaxVersion:    cfg.maxVersion,
+		PadDownstream: cfg.padDownstream,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -248,6 +259,10 @@ func (c *ourClient) MaxWrite() int { return ourWrite }
 
 func (c *ourClient) Dial(ctx context.Context, dest netip.AddrPort) (net.Conn, error) {
 	return c.OpenStream(ctx, protocol.AddrFromAddrPort(dest))
+}
+
+func (c *ourClient) DialFqdn(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	return c.OpenStream(ctx, protocol.Addr{Fqdn: host, Port: port})
 }
 
 // uotDialer lets sing's uot.Client open its streams through our client, as our sing-box
@@ -487,6 +502,10 @@ func (c *singClient) Dial(ctx context.Context, dest netip.AddrPort) (net.Conn, e
 	return c.c.CreateProxy(ctx, M.SocksaddrFromNetIP(dest))
 }
 
+func (c *singClient) DialFqdn(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	return c.c.CreateProxy(ctx, M.Socksaddr{Fqdn: host, Port: port})
+}
+
 // singDialer is what sing-box's anytls outbound hands to uot.Client.
 type singDialer struct{ c *anytls.Client }
 
@@ -662,6 +681,10 @@ func (c *mihomoClient) MaxWrite() int { return peerMaxWrite }
 
 func (c *mihomoClient) Dial(ctx context.Context, dest netip.AddrPort) (net.Conn, error) {
 	return c.c.CreateProxy(ctx, mM.SocksaddrFromNetIP(dest))
+}
+
+func (c *mihomoClient) DialFqdn(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	return c.c.CreateProxy(ctx, mM.Socksaddr{Fqdn: host, Port: port})
 }
 
 // ListenUDP does what mihomo's anytls proxy does: a stream to the UoT v2 magic address,
