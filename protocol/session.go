@@ -57,6 +57,7 @@ type session struct {
 
 	peerVersion atomic.Int32
 	halfClose   atomic.Bool
+	lastAborted uint32 // stream id last answered with finAbort (reader goroutine only)
 
 	// liveness: the receive clock counts frames received
 	recvClock     atomic.Int64
@@ -238,10 +239,25 @@ func timeoutChan(d time.Duration) (<-chan struct{}, func() bool) {
 	return c, t.Stop
 }
 
+// finAbort is the data of a cmdFIN that resets a stream. Only where half-close was negotiated
+// (both ends ours; deployed peers never see it): there an empty cmdFIN means "no more data from
+// me", and a cmdFIN with data means "stream gone, stop sending" (read and write fail).
+var finAbort = []byte("reset")
+
+// maxControlQueue bounds the control frames waiting for the connection. A peer that sends
+// requests (heartbeats, data for closed streams) but never reads the answers would otherwise make
+// the queue grow without end; past the bound the session is closed.
+const maxControlQueue = 256 << 10
+
 // queueControl sends a control frame without blocking the caller (the session reader must
 // never block on a write: two peers blocked writing to each other would deadlock).
 func (s *session) queueControl(cmd Command, sid uint32, data []byte) {
 	s.ctrlMu.Lock()
+	if len(s.ctrlBuf) > maxControlQueue {
+		s.ctrlMu.Unlock()
+		go s.close(fmt.Errorf("%w: peer does not read (over %d bytes of control frames queued)", ErrProtocol, maxControlQueue))
+		return
+	}
 	s.ctrlBuf = AppendFrame(s.ctrlBuf, cmd, sid, data)
 	start := !s.ctrlRunning
 	s.ctrlRunning = true
@@ -345,6 +361,12 @@ func (s *session) handleFrame(h FrameHeader) error {
 			st.push(s, data, s.cfg.bufferSize, s.cfg.stallTimeout)
 		} else {
 			putBuf(data)
+			if s.halfClose.Load() && h.StreamID != s.lastAborted {
+				// Half-close: the peer read our cmdFIN as "no more data" and keeps sending to a
+				// stream we closed or reset. Tell it to stop, as TCP answers with an RST.
+				s.lastAborted = h.StreamID
+				s.queueControl(CmdFIN, h.StreamID, finAbort)
+			}
 		}
 		return nil
 	case CmdFIN:
@@ -355,7 +377,11 @@ func (s *session) handleFrame(h FrameHeader) error {
 			s.lastActivity.Store(time.Now().UnixNano())
 		}
 		if st := s.stream(h.StreamID); st != nil {
-			st.remoteFin(s)
+			if h.Length > 0 && s.halfClose.Load() {
+				st.reset(fmt.Errorf("anytls: peer reset the stream: %w", ErrStreamReset), false)
+			} else {
+				st.remoteFin(s)
+			}
 		}
 		return nil
 	case CmdWaste:

@@ -329,13 +329,14 @@ func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 // scratch for the header. A pending SYN goes out in the same packet. Caller holds st.wmu.
 func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 	st.mu.Lock()
+	// As on a socket: closed first, then a passed deadline, then the stream's own error.
+	if isClosedChan(st.wdl.wait()) && !st.closed {
+		st.mu.Unlock()
+		return os.ErrDeadlineExceeded
+	}
 	if err := st.writeErrLocked(); err != nil {
 		st.mu.Unlock()
 		return err
-	}
-	if isClosedChan(st.wdl.wait()) {
-		st.mu.Unlock()
-		return os.ErrDeadlineExceeded
 	}
 	s, id := st.sess, st.id
 	pending := st.pending
@@ -615,7 +616,11 @@ func (st *Stream) reset(err error, sendFin bool) {
 	notify(st.readable)
 	notify(st.space)
 	if sendFin {
-		s.queueControl(CmdFIN, id, nil)
+		var abort []byte
+		if s.halfClose.Load() {
+			abort = finAbort // an empty cmdFIN would only end our direction
+		}
+		s.queueControl(CmdFIN, id, abort)
 	}
 	s.removeStream(st)
 }
