@@ -41,6 +41,7 @@ type Conn struct {
 	mu        sync.Mutex
 	mode      Mode
 	delay     time.Duration // added before every write
+	bandwidth int64         // bytes per second a write is paced to (0: unlimited)
 	dropRate  float64       // probability that a write is swallowed whole
 	fragment  int           // writes are cut into pieces of at most this many bytes (0: off)
 	closed    chan struct{}
@@ -77,6 +78,10 @@ func (c *Conn) Mode() Mode {
 
 // SetDelay adds d of latency before every write.
 func (c *Conn) SetDelay(d time.Duration) { c.mu.Lock(); c.delay = d; c.mu.Unlock() }
+
+// SetBandwidth paces writes to bps bytes per second (0 turns it off): a write of n bytes takes
+// n/bps. Under synctest the pacing is in fake time, so throughput figures are exact.
+func (c *Conn) SetBandwidth(bps int64) { c.mu.Lock(); c.bandwidth = bps; c.mu.Unlock() }
 
 // SetDropRate makes each write vanish with probability p (under TLS this corrupts the record
 // stream, as a middlebox that eats segments would).
@@ -143,6 +148,9 @@ func (c *Conn) closedErr(err error) error {
 func (c *Conn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	mode, delay, drop, frag := c.mode, c.delay, c.dropRate, c.fragment
+	if c.bandwidth > 0 {
+		delay += time.Duration(int64(len(b)) * int64(time.Second) / c.bandwidth)
+	}
 	c.stats.Writes++
 	c.mu.Unlock()
 	if delay > 0 {

@@ -146,6 +146,7 @@ type pipeWorld struct {
 
 	mu      sync.Mutex
 	conns   []*Conn // client side fault layer, in dial order
+	sconns  []*Conn // server side fault layer, in dial order
 	raw     []net.Conn
 	serveWG sync.WaitGroup
 	down    atomic.Bool // dials fail, as to a server that is not listening
@@ -164,16 +165,19 @@ func newPipeWorld(t testing.TB, cfg protocol.ServerConfig) *pipeWorld {
 	return w
 }
 
-// serve runs the server on the far end of a new pipe and returns the near end.
+// serve runs the server on the far end of a new pipe (under a fault.Conn) and returns the
+// near end.
 func (w *pipeWorld) serve() net.Conn {
 	cc, sc := net.Pipe()
+	sf := New(sc)
 	w.mu.Lock()
 	w.raw = append(w.raw, cc, sc)
+	w.sconns = append(w.sconns, sf)
 	w.mu.Unlock()
 	w.serveWG.Add(1)
 	go func() {
 		defer w.serveWG.Done()
-		w.srv.ServeConn(w.ctx, tls.Server(sc, w.scfg))
+		w.srv.ServeConn(w.ctx, tls.Server(sf, w.scfg))
 		w.served.Add(1)
 	}()
 	return cc
@@ -203,6 +207,13 @@ func (w *pipeWorld) conn(i int) *Conn {
 		w.t.Fatalf("connection %d never dialled (%d dials)", i, len(w.conns))
 	}
 	return w.conns[i]
+}
+
+// sconn returns the server side fault layer of connection i (every pipe served, raw ones too).
+func (w *pipeWorld) sconn(i int) *Conn {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sconns[i]
 }
 
 func (w *pipeWorld) dials() int {
@@ -525,12 +536,12 @@ func newMetrics() *metrics { return &metrics{limits: map[string]int{}, counts: m
 
 func (m *metrics) inc(k string) { m.mu.Lock(); m.counts[k]++; m.mu.Unlock() }
 
-func (m *metrics) SessionOpened(string)                   { m.inc("session_opened") }
-func (m *metrics) SessionClosed(string)                   { m.inc("session_closed") }
-func (m *metrics) StreamOpened(string)                    { m.inc("stream_opened") }
+func (m *metrics) SessionOpened(string)                  { m.inc("session_opened") }
+func (m *metrics) SessionClosed(string)                  { m.inc("session_closed") }
+func (m *metrics) StreamOpened(string)                   { m.inc("stream_opened") }
 func (m *metrics) BytesTransferred(string, int64, int64) {}
-func (m *metrics) AuthFailed()                            { m.inc("auth_failed") }
-func (m *metrics) Fallback()                              { m.inc("fallback") }
+func (m *metrics) AuthFailed()                           { m.inc("auth_failed") }
+func (m *metrics) Fallback()                             { m.inc("fallback") }
 func (m *metrics) LimitReached(l string) {
 	m.mu.Lock()
 	m.limits[l]++
