@@ -213,12 +213,12 @@ func BenchmarkTransfer(b *testing.B) {
 	}
 }
 
-// TestConcurrentStreams runs 100 streams at once, each echoing 256 KiB checked with sha256.
+// TestConcurrentStreams runs 100 streams at once, each echoing 128 KiB checked with sha256.
 // Deployed clients carry one stream per session, so they open 100 TLS connections; ours does
 // the same by default, and with MaxStreamsPerSession it multiplexes them over one session,
 // which both peers' servers accept.
 func TestConcurrentStreams(t *testing.T) {
-	const streams, size = 100, 256 << 10
+	const streams, size = 100, 128 << 10
 	pairs := append(append([]pair(nil), interopPairs...),
 		pair{"ours-mux-to-sing-anytls", ourMuxClientFactory, singServerFactory},
 		pair{"ours-mux-to-mihomo", ourMuxClientFactory, mihomoServerFactory},
@@ -464,42 +464,45 @@ func TestDialFailure(t *testing.T) {
 			c := p.client(t, srv.Addr())
 			closed := closedPort(t)
 
-			conn, err := c.Dial(ctx, closed)
-			if err != nil {
-				t.Fatalf("dial: %v", err)
-			}
-			conn.SetDeadline(time.Now().Add(ioTimeout))
-			conn.Write(requestHeader('E', 1, 0)) // may fail if the refusal came first
-			n, err := conn.Read(make([]byte, 16))
-			conn.Close()
-			t.Logf("read from a stream to a closed port: n=%d err=%v", n, err)
-			if n != 0 || err == nil {
-				t.Fatalf("read from a stream to a closed port: n=%d err=%v, want an error", n, err)
-			}
-			switch {
-			case p.name == "ours-to-sing-anytls":
-				if !errors.Is(err, protocol.ErrRemoteRefused) || !strings.Contains(err.Error(), "connection refused") {
-					t.Errorf("error %q: want ErrRemoteRefused carrying the server's dial error", err)
+			// The first refused stream opens the session, the second runs on the reused one.
+			for round := range 2 {
+				conn, err := c.Dial(ctx, closed)
+				if err != nil {
+					t.Fatalf("round %d: dial: %v", round, err)
 				}
-			case p.name == "ours-to-mihomo":
-				// mihomo sends an empty cmdSYNACK before it dials and then closes the stream.
-				if !errors.Is(err, io.EOF) {
-					t.Errorf("error %q: want io.EOF (mihomo reports no dial error)", err)
+				conn.SetDeadline(time.Now().Add(ioTimeout))
+				conn.Write(requestHeader('E', 1, 0)) // may fail if the refusal came first
+				n, err := conn.Read(make([]byte, 16))
+				conn.Close()
+				t.Logf("round %d: read from a stream to a closed port: n=%d err=%v", round, n, err)
+				if n != 0 || err == nil {
+					t.Fatalf("round %d: read from a stream to a closed port: n=%d err=%v, want an error", round, n, err)
 				}
-			default: // a peer's client reading our server's cmdSYNACK error
-				if !strings.Contains(err.Error(), "connection refused") {
-					t.Errorf("error %q: want our server's dial error text", err)
+				switch {
+				case p.name == "ours-to-sing-anytls":
+					if !errors.Is(err, protocol.ErrRemoteRefused) || !strings.Contains(err.Error(), "connection refused") {
+						t.Errorf("round %d: error %q: want ErrRemoteRefused carrying the server's dial error", round, err)
+					}
+				case p.name == "ours-to-mihomo":
+					// mihomo sends an empty cmdSYNACK before it dials, then closes the stream.
+					if !errors.Is(err, io.EOF) {
+						t.Errorf("round %d: error %q: want io.EOF (mihomo reports no dial error)", round, err)
+					}
+				default: // a peer's client reading our server's cmdSYNACK error
+					if !strings.Contains(err.Error(), "connection refused") {
+						t.Errorf("round %d: error %q: want our server's dial error text", round, err)
+					}
 				}
-			}
 
-			conn, err = c.Dial(ctx, tg.addr)
-			if err != nil {
-				t.Fatalf("dial after the failure: %v", err)
-			}
-			err = echo(conn, 4096, c.MaxWrite(), 0)
-			conn.Close()
-			if err != nil {
-				t.Fatalf("stream after the failure: %v", err)
+				conn, err = c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("round %d: dial after the failure: %v", round, err)
+				}
+				err = echo(conn, 4096, c.MaxWrite(), 0)
+				conn.Close()
+				if err != nil {
+					t.Fatalf("round %d: stream after the failure: %v", round, err)
+				}
 			}
 			if oc, ok := c.(*ourClient); ok {
 				if open, _ := oc.SessionCount(); open != 1 {
@@ -769,6 +772,53 @@ func TestHeartbeat(t *testing.T) {
 			t.Logf("heartbeat requests sent %d, responses received %d", req, resp)
 			if req == 0 || resp == 0 {
 				t.Errorf("heartbeat requests sent %d, responses received %d; want both > 0", req, resp)
+			}
+		})
+	}
+}
+
+// TestSlowDialEarlySynAck: deployed clients wait 3 s for cmdSYNACK on a reused session and
+// then close the whole session. Our server answers early (empty cmdSYNACK after
+// EarlySynAckDelay) when the outbound dial is slow, so a 3.5 s dial keeps the session alive.
+func TestSlowDialEarlySynAck(t *testing.T) {
+	checkLeaks(t) // here, not in the parallel subtests: it looks at the whole process
+	for _, tc := range []struct {
+		name    string
+		factory clientFactory
+	}{{"sing-anytls", singClientFactory}, {"mihomo", mihomoClientFactory}} {
+		t.Run(tc.name+"-to-ours", func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			tg := startTarget(t)
+			slow := startTarget(t)
+			srv := startOurServer(t, ourServerConfig{
+				slowPort:    slow.addr.Port(),
+				slowDelay:   3500 * time.Millisecond,
+				earlySynAck: 500 * time.Millisecond,
+			})
+			c := tc.factory(t, srv.Addr())
+			// Stream 1 opens the session; stream 2 reuses it, which is where the peer's
+			// 3 s SYNACK watchdog applies.
+			conn, err := c.Dial(ctx, tg.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = echo(conn, 1000, c.MaxWrite(), 0)
+			conn.Close()
+			if err != nil {
+				t.Fatalf("first stream: %v", err)
+			}
+			conn, err = c.Dial(ctx, slow.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = echo(conn, 1000, c.MaxWrite(), 0)
+			conn.Close()
+			if err != nil {
+				t.Fatalf("stream with a 3.5 s dial on a reused session: %v", err)
+			}
+			if got := srv.accepted.Load(); got != 1 {
+				t.Errorf("server accepted %d connections, want 1 (the peer must not have dropped its session)", got)
 			}
 		})
 	}

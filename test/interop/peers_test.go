@@ -87,6 +87,11 @@ type ourServerConfig struct {
 	record     bool // wrap each accepted connection in a recorder
 	// padDownstream pads the server's first packets too (our extension).
 	padDownstream bool
+	// slowPort: the handler waits slowDelay before dialing this port (a slow outbound dial).
+	slowPort  uint16
+	slowDelay time.Duration
+	// earlySynAck sets ServerConfig.EarlySynAckDelay (0: default).
+	earlySynAck time.Duration
 	// bigWrites makes the handler write what it reads from the target into the stream in
 	// writes of 1 MiB (Stream.Write must split them into frames); otherwise it uses io.Copy,
 	// which goes through Stream.ReadFrom.
@@ -116,11 +121,18 @@ func (s *ourServer) recorders() []*recorder {
 // ourHandler is the stream handler of our test server: dial the destination, report the
 // result (cmdSYNACK), relay. UDP-over-TCP streams are served with sing's common/uot, as our
 // sing-box inbound does.
-func ourHandler(ctx context.Context, st *protocol.Stream) { ourHandlerWith(ctx, st, false) }
+func ourHandler(ctx context.Context, st *protocol.Stream) { ourHandlerWith(ctx, st, ourServerConfig{}) }
 
-func ourHandlerWith(ctx context.Context, st *protocol.Stream, bigWrites bool) {
+func ourHandlerWith(ctx context.Context, st *protocol.Stream, cfg ourServerConfig) {
 	defer st.Close()
 	dest := st.Destination()
+	if cfg.slowPort != 0 && dest.Port == cfg.slowPort {
+		select {
+		case <-time.After(cfg.slowDelay): // a slow outbound dial
+		case <-ctx.Done():
+			return
+		}
+	}
 	if dest.IsUoT() {
 		st.Report(nil)
 		req, err := uot.ReadRequest(st)
@@ -146,7 +158,7 @@ func ourHandlerWith(ctx context.Context, st *protocol.Stream, bigWrites bool) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if bigWrites {
+		if cfg.bigWrites {
 			buf := make([]byte, 1<<20)
 			for {
 				n, err := io.ReadFull(c, buf)
@@ -179,11 +191,12 @@ func startOurServer(t testing.TB, cfg ourServerConfig) *ourServer {
 	srv, err := protocol.NewServer(protocol.ServerConfig{
 		Users: []protocol.User{{Name: "user", Password: password}},
 		Handler: func(ctx context.Context, st *protocol.Stream) {
-			ourHandlerWith(ctx, st, cfg.bigWrites)
+			ourHandlerWith(ctx, st, cfg)
 		},
-		PaddingScheme: cfg.scheme,
-		MaxVersion:    cfg.maxVersion,
-		PadDownstream: cfg.padDownstream,
+		PaddingScheme:    cfg.scheme,
+		MaxVersion:       cfg.maxVersion,
+		PadDownstream:    cfg.padDownstream,
+		EarlySynAckDelay: cfg.earlySynAck,
 	})
 	if err != nil {
 		t.Fatal(err)
