@@ -10,12 +10,25 @@ RACE_PKGS := ./protocol/... ./option/... ./adapter/... ./internal/... ./cmd/... 
 # test/fault runs only our code, so it is in RACE_PKGS and left out here.
 PEER_PKGS = $(shell $(GO) list -tags $(TAGS) ./test/... | grep -v '/test/fault$$')
 
-.PHONY: all build run test test-race test-peers bench lint fuzz soak clean
+.PHONY: all build release run test test-race test-peers bench lint fuzz soak clean
 
 all: build
 
 build:
 	$(GO) build -tags $(TAGS) -o bin/anytls ./cmd/anytls
+
+# Static, stripped binaries in bin/release/ for each target (test/release checks they resolve).
+RELEASE_TARGETS := linux-amd64 linux-arm64 linux-armv7 linux-mipsle windows-amd64 darwin-arm64 android-arm64
+
+release:
+	@set -e; for t in $(RELEASE_TARGETS); do \
+	  os=$${t%%-*}; arch=$${t#*-}; arm=; ext=; \
+	  if [ $$arch = armv7 ]; then arch=arm; arm=7; fi; \
+	  if [ $$os = windows ]; then ext=.exe; fi; \
+	  echo "== $$t"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm GOMIPS=softfloat \
+	    $(GO) build -trimpath -ldflags '-s -w' -tags $(TAGS) -o bin/release/anytls-$$t$$ext ./cmd/anytls; \
+	done
 
 # A server and a client on loopback, and a request through them (Ctrl-C to stop).
 run:
