@@ -472,12 +472,24 @@ func (s *session) serverSettings(settings Settings) {
 		streams = append(streams, st)
 	}
 	s.mu.Unlock()
+	half := s.halfClose.Load()
 	for _, st := range streams {
 		st.mu.Lock()
 		if st.sess == s {
 			st.armSynAckLocked()
 		}
+		// A CloseWrite made before this answer could not know that half-close would be on and
+		// sent nothing: send its cmdFIN now, or the server never sees the end of the stream.
+		sendFin := half && st.sess == s && st.wclosed && !st.closed && !st.finSent &&
+			st.werr == nil && st.pending == nil
+		if sendFin {
+			st.finSent = true
+		}
+		id := st.id
 		st.mu.Unlock()
+		if sendFin {
+			s.queueControl(CmdFIN, id, nil)
+		}
 	}
 	s.startHeartbeat()
 }
