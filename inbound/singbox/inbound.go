@@ -191,8 +191,6 @@ func (h *Inbound) NewConnection(ctx context.Context, conn net.Conn, metadata ada
 	}
 	metadata.Inbound = h.Tag()
 	metadata.InboundType = h.Type()
-	//nolint:staticcheck
-	metadata.InboundDetour = h.listener.ListenOptions().Detour
 	err := h.server.ServeConn(context.WithValue(ctx, ctxKeyMetadata{}, metadata), conn)
 	switch {
 	case errors.Is(err, protocol.ErrAuthFailed) || errors.Is(err, protocol.ErrNotAnyTLS):

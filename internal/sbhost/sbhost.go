@@ -102,7 +102,7 @@ func appendAttr(b *strings.Builder, group string, a slog.Attr) {
 // Addr converts a sing destination into the engine's. An IPv6 zone is dropped: it means nothing
 // to the server.
 func Addr(s M.Socksaddr) (protocol.Addr, error) {
-	if s.IsFqdn() {
+	if s.Fqdn != "" {
 		return protocol.MakeAddr(s.Fqdn, s.Port)
 	}
 	if s.IsIP() {
