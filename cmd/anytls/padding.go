@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -29,13 +30,24 @@ const defaultSamplePackets = "105,524,87,47,707,8,307,1007"
 
 // paddingMain runs the padding command.
 func paddingMain(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("padding", "[-f FILE] [-packets LIST] [-samples N]")
+	fs := newFlagSet("padding", "[-packets LIST] [-samples N] [FILE | -f FILE]")
 	fs.SetOutput(stderr)
-	file := fs.String("f", "", "padding scheme `file` to check (\"-\": standard input; default: the protocol's default scheme)")
+	file := fs.String("f", "", "padding scheme `file` to check, also accepted as the argument (\"-\": standard input; default: the protocol's default scheme)")
 	packetList := fs.String("packets", defaultSamplePackets, "framed `lengths` of packets 1, 2, ... (frame headers included) to lay out")
 	samples := fs.Int("samples", 3, "`number` of sample sessions to draw")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	switch {
+	case fs.NArg() == 1 && *file == "":
+		*file = fs.Arg(0)
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
+		fs.Usage()
+		return errUsage
 	}
 	if *samples < 1 || *samples > 20 {
 		fmt.Fprintf(stderr, "-samples %d: want 1 to 20\n", *samples)

@@ -88,7 +88,11 @@ func TestPaddingCommandErrors(t *testing.T) {
 	if _, _, err = runPadding(t, "", "-f", filepath.Join(t.TempDir(), "nope")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
 	}
-	for _, args := range [][]string{{"-samples", "0"}, {"-packets", "1,x"}, {"-packets", "0"}, {"extra"}} {
+	// the file as the argument
+	if _, _, err := runPadding(t, "", path); err == nil || !strings.Contains(err.Error(), path+":3:") {
+		t.Fatalf("file as argument: %v", err)
+	}
+	for _, args := range [][]string{{"-samples", "0"}, {"-packets", "1,x"}, {"-packets", "0"}, {"a", "b"}, {"-f", "a", "b"}, {"-bogus"}} {
 		if _, stderr, err := runPadding(t, "", args...); !errors.Is(err, errUsage) || stderr == "" {
 			t.Errorf("%v: %v (stderr %q), want a usage error", args, err, stderr)
 		}
