@@ -129,8 +129,10 @@ func clientTLSConfig(t testing.TB) *tls.Config {
 // A request is a 13-byte header: op (1 byte), n (uint64), delay in ms (uint32).
 //   'U' upload:   the target reads n bytes and answers with their sha256, then closes.
 //   'D' download: the target sends n pseudo-random bytes and then their sha256, then closes.
-//   'E' echo:     after the delay, the target echoes n bytes, then closes.
-//   'K' keep:     as 'E', but then the target waits for the client to close.
+//   'E' echo:     after the delay, the target echoes n bytes, then waits for the client to
+//                 close (so that the client's Close, not the server's cmdFIN, ends the stream:
+//                 the stream is then back in its client's pool when Close returns, and the
+//                 next stream deterministically reuses the session).
 //   'S' sink:     the target reads n bytes and answers with their count (uint64), then closes.
 //   'R' source:   the target sends n bytes (a repeated random block), then closes.
 //   'H' half:     the target reads until EOF (the client's half-close), then answers with the
@@ -245,16 +247,14 @@ func (tg *target) serve(c net.Conn) {
 			return
 		}
 		c.Write(h.Sum(nil))
-	case 'E', 'K':
+	case 'E':
 		if delay > 0 {
 			time.Sleep(delay) // a slow target, not a protocol timeout
 		}
 		if _, err := io.CopyN(c, c, n); err != nil {
 			return
 		}
-		if hdr[0] == 'K' {
-			io.Copy(io.Discard, c) // keep the connection until the client closes it
-		}
+		io.Copy(io.Discard, c) // until the client closes
 	}
 }
 
@@ -401,17 +401,12 @@ func download(conn net.Conn, n int64) (time.Duration, error) {
 // echo sends n random bytes to an echo target (writes of at most chunk bytes, concurrently with
 // reading) and checks that the same bytes come back.
 func echo(conn net.Conn, n int, chunk int, delay time.Duration) error {
-	return echoOp(conn, 'E', n, chunk, delay)
-}
-
-// echoOp is echo with the target operation 'E' (close after echoing) or 'K' (keep open).
-func echoOp(conn net.Conn, op byte, n int, chunk int, delay time.Duration) error {
 	conn.SetDeadline(time.Now().Add(ioTimeout))
 	data := make([]byte, n)
 	newGenerator(uint64(n)).Read(data)
 	werr := make(chan error, 1)
 	go func() {
-		if _, err := conn.Write(requestHeader(op, int64(n), delay)); err != nil {
+		if _, err := conn.Write(requestHeader('E', int64(n), delay)); err != nil {
 			werr <- fmt.Errorf("write echo header: %w", err)
 			return
 		}

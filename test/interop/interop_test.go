@@ -353,8 +353,8 @@ func TestPaddingSchemePush(t *testing.T) {
 	twoSessions := func(t *testing.T, c client, dest func() net.Conn) {
 		first := dest()
 		defer first.Close()
-		// 'K': the target keeps the first stream open, so its session stays busy.
-		if err := echoOp(first, 'K', 1000, c.MaxWrite(), 0); err != nil {
+		// The target keeps the first stream open until we close it: its session stays busy.
+		if err := echo(first, 1000, c.MaxWrite(), 0); err != nil {
 			t.Fatalf("first stream: %v", err)
 		}
 		second := dest()
@@ -504,14 +504,22 @@ func TestDialFailure(t *testing.T) {
 					t.Fatalf("round %d: stream after the failure: %v", round, err)
 				}
 			}
+			// No session may have been closed by a refused stream. (The next stream may
+			// still land on a new session: the client's pool gets the session back only
+			// after the failing stream's reader was woken, in both peers and ours.)
 			if oc, ok := c.(*ourClient); ok {
-				if open, _ := oc.SessionCount(); open != 1 {
-					t.Errorf("our client has %d sessions, want 1 (the refused stream must not kill the session)", open)
+				open, _ := oc.SessionCount()
+				dials := len(oc.recorders())
+				t.Logf("our client dialled %d sessions, %d open", dials, open)
+				if open != dials {
+					t.Errorf("our client dialled %d sessions but %d are open: a refused stream killed a session", dials, open)
 				}
 			}
 			if os, ok := srv.(*ourServer); ok {
-				if got := os.accepted.Load(); got != 1 {
-					t.Errorf("our server accepted %d connections, want 1 (the refused stream must not kill the session)", got)
+				accepted, open := os.accepted.Load(), os.srv.SessionCount()
+				t.Logf("our server accepted %d sessions, %d open", accepted, open)
+				if int64(open) != accepted {
+					t.Errorf("our server accepted %d sessions but %d are open: a refused stream killed a session", accepted, open)
 				}
 			}
 		})
