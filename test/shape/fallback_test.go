@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anytls-engine/anytls/option"
 	"github.com/anytls-engine/anytls/protocol"
 )
 
@@ -63,7 +64,11 @@ func splice(c net.Conn, web string) {
 }
 
 type fallbackRig struct {
-	web, front, ours string
+	web, front string
+	// ours: our server with the test's splice as Fallback; option: our server configured as
+	// the command and the adapters configure it (option.ServerOptions.Fallback, whose
+	// SpliceFallback is the production splice).
+	ours, option string
 
 	mu     sync.Mutex
 	handed map[string]chan struct{} // by the prober's address: our server fell back
@@ -130,40 +135,55 @@ func startFallbackRig(t *testing.T) *fallbackRig {
 	}()
 	t.Cleanup(func() { frontLn.Close(); conns.Wait() })
 
-	// Our server with the fallback.
-	srv, err := protocol.NewServer(protocol.ServerConfig{
+	// Our servers with a fallback.
+	serve := func(cfg protocol.ServerConfig) string {
+		fallback := cfg.Fallback
+		cfg.Fallback = func(ctx context.Context, conn net.Conn) {
+			fr.signal(conn.RemoteAddr().String())
+			fallback(ctx, conn)
+		}
+		srv, err := protocol.NewServer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				raw, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				conns.Add(1)
+				go func() {
+					defer conns.Done()
+					srv.ServeConn(context.Background(), tls.Server(raw, tlsCfg))
+				}()
+			}
+		}()
+		t.Cleanup(func() { ln.Close(); srv.Close(); conns.Wait() })
+		return ln.Addr().String()
+	}
+	fr.ours = serve(protocol.ServerConfig{
 		Users:       []protocol.User{{Name: "user", Password: password}},
 		Handler:     echo,
 		AuthTimeout: fallbackAuthTimeout,
-		Fallback: func(ctx context.Context, conn net.Conn) {
-			fr.signal(conn.RemoteAddr().String())
-			splice(conn, fr.web)
-		},
+		Fallback:    func(ctx context.Context, conn net.Conn) { splice(conn, fr.web) },
 	})
+	cfg, err := option.ServerOptions{
+		Users:       []option.User{{Password: password}},
+		Fallback:    fr.web,
+		AuthTimeout: fallbackAuthTimeout,
+	}.ProtocolConfig(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	oursLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fr.ours = oursLn.Addr().String()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			raw, err := oursLn.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go func() {
-				defer conns.Done()
-				srv.ServeConn(context.Background(), tls.Server(raw, tlsCfg))
-			}()
-		}
-	}()
-	t.Cleanup(func() { oursLn.Close(); srv.Close(); conns.Wait() })
+	cfg.Handler = echo
+	fr.option = serve(cfg)
 	return fr
 }
 
@@ -239,7 +259,7 @@ func (fr *fallbackRig) probe(tlsCfg *tls.Config, addr string, steps []probeStep)
 	for _, s := range steps {
 		switch {
 		case s.waitFallback:
-			if addr == fr.ours {
+			if addr != fr.front {
 				select {
 				case <-fr.handedOver(tc.LocalAddr().String()):
 				case <-ctx.Done():
@@ -323,40 +343,49 @@ func TestFallbackIndistinguishable(t *testing.T) {
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
 				t.Parallel()
-				var direct, ours transcript
-				var derr, oerr error
+				endpoints := []struct{ name, addr string }{
+					{"TLS front", fr.front}, {"ours", fr.ours}, {"ours (option)", fr.option},
+				}
+				trs := make([]transcript, len(endpoints))
+				errs := make([]error, len(endpoints))
 				var wg sync.WaitGroup
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					direct, derr = fr.probe(tlsCfg, fr.front, c.steps)
-				}()
-				ours, oerr = fr.probe(tlsCfg, fr.ours, c.steps)
+				for i, e := range endpoints {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						trs[i], errs[i] = fr.probe(tlsCfg, e.addr, c.steps)
+					}()
+				}
 				wg.Wait()
-				if derr != nil || oerr != nil {
-					t.Fatalf("probe: front %v, ours %v", derr, oerr)
+				if err := errors.Join(errs...); err != nil {
+					t.Fatalf("probe: %v", err)
 				}
 				mu.Lock()
-				results[c.name] = ours
+				results[c.name] = trs[1]
 				mu.Unlock()
-				t.Logf("TLS front: %v in %v", direct, direct.elapsed.Round(time.Millisecond))
-				t.Logf("ours:      %v in %v", ours, ours.elapsed.Round(time.Millisecond))
-				if !bytes.Equal(direct.got, ours.got) {
-					t.Errorf("responses differ:\nfront: %q\nours:  %q", direct.got, ours.got)
-				}
-				if direct.end != ours.end {
-					t.Errorf("close differs: front %q, ours %q", direct.end, ours.end)
+				direct := trs[0]
+				for i, e := range endpoints {
+					t.Logf("%-13s %v in %v", e.name+":", trs[i], trs[i].elapsed.Round(time.Millisecond))
 				}
 				if len(direct.got) == 0 && c.steps != nil && c.name != "partial-then-close" {
 					t.Errorf("the web server answered nothing: the case tests nothing")
 				}
-				if !fr.fellBack(ours.local) {
-					t.Errorf("our server did not hand the connection to the fallback")
-				}
-				// A connection that says nothing is handed over at the authentication timeout
-				// (the web server's own timeout starts then), not before.
-				if c.name == "silent" && ours.elapsed < fallbackAuthTimeout+webHeaderTimeout {
-					t.Errorf("silent connection closed after %v, before the auth timeout + the web server's", ours.elapsed)
+				for i, e := range endpoints[1:] {
+					ours := trs[i+1]
+					if !bytes.Equal(direct.got, ours.got) {
+						t.Errorf("%s: responses differ:\nfront: %q\nours:  %q", e.name, direct.got, ours.got)
+					}
+					if direct.end != ours.end {
+						t.Errorf("%s: close differs: front %q, ours %q", e.name, direct.end, ours.end)
+					}
+					if !fr.fellBack(ours.local) {
+						t.Errorf("%s did not hand the connection to the fallback", e.name)
+					}
+					// A connection that says nothing is handed over at the authentication
+					// timeout (the web server's own timeout starts then), not before.
+					if c.name == "silent" && ours.elapsed < fallbackAuthTimeout+webHeaderTimeout {
+						t.Errorf("%s: silent connection closed after %v, before the auth timeout + the web server's", e.name, ours.elapsed)
+					}
 				}
 			})
 		}
