@@ -81,7 +81,7 @@ func runConfig(args []string, check bool) error {
 // configFormat returns "sing-box" or "mihomo" for the command line, and args without --format.
 // Auto detection looks at the first configuration file: .json is sing-box, .yaml/.yml is mihomo,
 // otherwise a file whose first non-blank character opens a JSON object or a comment is sing-box.
-// mihomo's own -f flag, or only -d, means mihomo; -C (JSON directories) means sing-box.
+// mihomo's own flags (-f, -d) mean mihomo; -C (JSON directories) means sing-box.
 func configFormat(args []string) (string, []string, error) {
 	format := "auto"
 	var rest []string
@@ -139,10 +139,10 @@ func configFormat(args []string) (string, []string, error) {
 		return "", nil, fmt.Errorf("--format %q: want auto, sing-box or mihomo", format)
 	}
 	switch {
-	case first != "":
-		return sniffFormat(first), rest, nil
 	case sawMihomoFlag:
 		return "mihomo", rest, nil
+	case first != "":
+		return sniffFormat(first), rest, nil
 	case sawDirectory:
 		return "sing-box", rest, nil
 	}
