@@ -416,10 +416,12 @@ func TestPaddingSchemePush(t *testing.T) {
 			ctx := testContext(t)
 			tg := startTarget(t)
 			var srv server
+			var singSrv *singServer
 			if name == "mihomo" {
 				srv = startMihomoServer(t, customScheme)
 			} else {
-				srv = startSingServer(t, singServerConfig{scheme: []byte(customScheme)})
+				singSrv = startSingServer(t, singServerConfig{scheme: []byte(customScheme), record: true})
+				srv = singSrv
 			}
 			c := newOurClient(t, srv.Addr(), nil)
 			if got := c.PaddingScheme().MD5(); got != defaultMD5 {
@@ -446,6 +448,13 @@ func TestPaddingSchemePush(t *testing.T) {
 				recorded = append(recorded, r.Writes())
 			}
 			checkSessions(t, "our client", recorded)
+			if singSrv != nil { // the same, as the server read it
+				recorded = nil
+				for _, r := range singSrv.recorders() {
+					recorded = append(recorded, r.Reads())
+				}
+				checkSessions(t, "our client (seen by sing-anytls)", recorded)
+			}
 		})
 	}
 }

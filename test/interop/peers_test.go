@@ -118,11 +118,9 @@ func (s *ourServer) recorders() []*recorder {
 	return append([]*recorder(nil), s.recs...)
 }
 
-// ourHandler is the stream handler of our test server: dial the destination, report the
+// ourHandlerWith is the stream handler of our test server: dial the destination, report the
 // result (cmdSYNACK), relay. UDP-over-TCP streams are served with sing's common/uot, as our
 // sing-box inbound does.
-func ourHandler(ctx context.Context, st *protocol.Stream) { ourHandlerWith(ctx, st, ourServerConfig{}) }
-
 func ourHandlerWith(ctx context.Context, st *protocol.Stream, cfg ourServerConfig) {
 	defer st.Close()
 	dest := st.Destination()
@@ -284,7 +282,7 @@ type uotDialer struct{ c *ourClient }
 
 func (d uotDialer) DialContext(ctx context.Context, network string, dest M.Socksaddr) (net.Conn, error) {
 	var a protocol.Addr
-	if dest.IsFqdn() {
+	if dest.Fqdn != "" {
 		a = protocol.Addr{Fqdn: dest.Fqdn, Port: dest.Port}
 	} else {
 		a = protocol.AddrFromAddrPort(dest.AddrPort())
@@ -383,14 +381,15 @@ func (singHandler) NewConnectionEx(ctx context.Context, conn net.Conn, source, d
 
 func serveSingStream(ctx context.Context, conn net.Conn, dest M.Socksaddr) error {
 	if dest.Fqdn == uot.MagicAddress {
-		if err := N.ReportHandshakeSuccess(conn); err != nil {
-			return err
-		}
 		req, err := uot.ReadRequest(conn)
 		if err != nil {
+			return N.ReportHandshakeFailure(conn, err)
+		}
+		uc := uot.NewConn(conn, *req)
+		if err := N.ReportPacketConnHandshakeSuccess(conn, uc); err != nil {
 			return err
 		}
-		relayUDP(uot.NewConn(conn, *req))
+		relayUDP(uc)
 		return nil
 	}
 	var d net.Dialer
@@ -400,7 +399,7 @@ func serveSingStream(ctx context.Context, conn net.Conn, dest M.Socksaddr) error
 	if err != nil {
 		return N.ReportHandshakeFailure(conn, err)
 	}
-	if err := N.ReportHandshakeSuccess(conn); err != nil {
+	if err := N.ReportConnHandshakeSuccess(conn, c); err != nil {
 		c.Close()
 		return err
 	}
