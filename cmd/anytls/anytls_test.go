@@ -24,6 +24,7 @@ import (
 	N "github.com/sagernet/sing/common/network"
 	"github.com/sagernet/sing/common/uot"
 	"github.com/sagernet/sing/protocol/socks"
+	"go.uber.org/goleak"
 
 	"github.com/anytls-engine/anytls/option"
 	"github.com/anytls-engine/anytls/protocol"
@@ -493,6 +494,8 @@ func TestFallback(t *testing.T) {
 
 // The demo (make run) in-process: it reports a working request, then stops on cancel.
 func TestDemo(t *testing.T) {
+	// Everything the demo starts stops with it: server, client, sessions, relays, target.
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := newLineWriter()
