@@ -18,7 +18,6 @@ import (
 	"time"
 
 	anytls "github.com/anytls/sing-anytls"
-	mihomoC "github.com/metacubex/mihomo/constant"
 	mihomolog "github.com/metacubex/mihomo/log"
 	mihomoanytls "github.com/metacubex/mihomo/transport/anytls"
 	"github.com/metacubex/mihomo/transport/vmess"
@@ -471,9 +470,6 @@ func newMihomoClient(t *testing.T, addr string) mihomoClient {
 	t.Cleanup(func() { c.Close() })
 	return mihomoClient{c}
 }
-
-// mihomoVersion is what mihomo's client sends as client=mihomo/<version>.
-var mihomoVersion = mihomoC.Version
 
 // ---------------------------------------------------------------------------------------------
 // Traffic

@@ -309,10 +309,3 @@ func (p *wireProxy) conn(t testing.TB, i int) *wireConn {
 		}
 	}
 }
-
-// count returns how many connections the proxy accepted so far.
-func (p *wireProxy) count() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns)
-}
