@@ -66,7 +66,7 @@ var (
 // settings bytes. Ours has alternatives: if the caller's first write on a reused session comes
 // later than the engine's SYN coalescing delay, the SYN and address go out alone first.
 func (im implementation) expectedPackets(settings int, streams [][]int) [][]packet {
-	alts := [][]packet{{dataPacket("auth", 0)}}
+	alts := [][]packet{{dataPacket("auth (34+padding0)", 34)}}
 	add := func(ps ...packet) {
 		for i := range alts {
 			alts[i] = append(alts[i], ps...)
