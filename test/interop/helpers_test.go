@@ -536,9 +536,14 @@ func relay(a, b net.Conn, chunk int) {
 }
 
 // checkUDP sends datagrams of several sizes through pc to the echo server at dst, one at a time,
-// and checks each reply and its source address.
-func checkUDP(pc net.PacketConn, dst netip.AddrPort) error {
+// and checks each reply and its source address. With big, a 60000-byte datagram is included: a
+// UoT packet that our streams must split into two frames. (mihomo's listener reads UoT packets
+// into 16 KiB buffers and drops the association on a larger one: big is for our servers only.)
+func checkUDP(pc net.PacketConn, dst netip.AddrPort, big bool) error {
 	sizes := []int{1, 100, 512, 1200, 1400, 4000, 8000, 16000}
+	if big {
+		sizes = append(sizes, 60000)
+	}
 	buf := make([]byte, 65535)
 	to := net.UDPAddrFromAddrPort(dst)
 	for i := range 3 * len(sizes) {

@@ -626,7 +626,8 @@ func TestUDP(t *testing.T) {
 				t.Fatalf("open UDP: %v", err)
 			}
 			defer pc.Close()
-			if err := checkUDP(pc, echoAddr); err != nil {
+			_, oursServes := srv.(*ourServer)
+			if err := checkUDP(pc, echoAddr, oursServes); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -836,6 +837,55 @@ func TestSlowDialEarlySynAck(t *testing.T) {
 			}
 			if got := srv.accepted.Load(); got != 1 {
 				t.Errorf("server accepted %d connections, want 1 (the peer must not have dropped its session)", got)
+			}
+		})
+	}
+}
+
+// TestAbortedDownload closes a stream in the middle of a large download: the server must stop
+// sending for it, the data already in flight must be dropped, and the session must carry the
+// next stream.
+func TestAbortedDownload(t *testing.T) {
+	for _, p := range interopPairs {
+		t.Run(p.name, func(t *testing.T) {
+			checkLeaks(t)
+			ctx := testContext(t)
+			tg := startTarget(t)
+			srv := p.server(t)
+			c := p.client(t, srv.Addr())
+			for i := range 2 {
+				conn, err := c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("round %d: dial: %v", i, err)
+				}
+				conn.SetDeadline(time.Now().Add(ioTimeout))
+				if _, err := conn.Write(requestHeader('R', 1<<30, 0)); err != nil {
+					t.Fatalf("round %d: write: %v", i, err)
+				}
+				if _, err := io.ReadFull(conn, make([]byte, 1<<20)); err != nil {
+					t.Fatalf("round %d: read the first MiB: %v", i, err)
+				}
+				conn.Close() // 1023 MiB left unread
+
+				conn, err = c.Dial(ctx, tg.addr)
+				if err != nil {
+					t.Fatalf("round %d: dial after the abort: %v", i, err)
+				}
+				err = echo(conn, 100<<10, c.MaxWrite(), 0)
+				conn.Close()
+				if err != nil {
+					t.Fatalf("round %d: stream after the abort: %v", i, err)
+				}
+			}
+			if oc, ok := c.(*ourClient); ok {
+				if open, _ := oc.SessionCount(); open != 1 || len(oc.recorders()) != 1 {
+					t.Errorf("our client dialled %d sessions, %d open; want 1", len(oc.recorders()), open)
+				}
+			}
+			if os, ok := srv.(*ourServer); ok {
+				if got := os.accepted.Load(); got != 1 {
+					t.Errorf("our server accepted %d sessions, want 1", got)
+				}
 			}
 		})
 	}
