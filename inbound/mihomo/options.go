@@ -180,7 +180,7 @@ func (o *Options) reason(fe *aoption.FieldError) string {
 	}
 	switch v := fe.Value.(type) {
 	case string:
-		if v == "" {
+		if v == "" || v == "[]" {
 			return fe.Reason
 		}
 		return strconv.Quote(v) + ": " + fe.Reason

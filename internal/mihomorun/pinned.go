@@ -14,8 +14,11 @@ package mihomorun
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
+	"runtime"
 	"runtime/debug"
+	"strings"
 	"unsafe"
 
 	"github.com/metacubex/mihomo/adapter/outbound"
@@ -29,19 +32,26 @@ const PinnedMihomoVersion = "v1.19.23"
 // errInternals reports that mihomo's internals no longer have the expected shape.
 var errInternals = errors.New("mihomo internals differ from " + PinnedMihomoVersion + " (internal/mihomorun/pinned.go needs updating)")
 
-// MihomoVersion returns the version of the mihomo module linked in, or "" when the binary
-// carries no module information.
+// MihomoVersion returns the version of the mihomo module linked in: from the build information,
+// or (in test binaries, which carry none) from the source path of a mihomo function, which holds
+// "mihomo@<version>". It is "" when neither says.
 func MihomoVersion() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return ""
-	}
-	for _, dep := range info.Deps {
-		if dep.Path == "github.com/metacubex/mihomo" {
-			if dep.Replace != nil {
-				return dep.Replace.Version
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range info.Deps {
+			if dep.Path == "github.com/metacubex/mihomo" {
+				if dep.Replace != nil {
+					return dep.Replace.Version
+				}
+				return dep.Version
 			}
-			return dep.Version
+		}
+	}
+	pc := reflect.ValueOf(outbound.NewAnyTLS).Pointer()
+	if fn := runtime.FuncForPC(pc); fn != nil {
+		file, _ := fn.FileLine(pc)
+		if _, rest, ok := strings.Cut(filepath.ToSlash(file), "/metacubex/mihomo@"); ok {
+			v, _, _ := strings.Cut(rest, "/")
+			return v
 		}
 	}
 	return ""
@@ -77,28 +87,28 @@ func builtinOptions(a *outbound.AnyTLS) (outbound.AnyTLSOption, error) {
 // ProxyAdapter) and returns the built-in anytls adapter inside, or nil.
 func findBuiltin(a C.ProxyAdapter) *outbound.AnyTLS {
 	for range 8 {
-		switch t := a.(type) {
-		case nil:
-			return nil
-		case *outbound.AnyTLS:
-			return t
-		case *outbound.SingMux:
-			a = t.ProxyAdapter
-			continue
+		if b, ok := a.(*outbound.AnyTLS); ok {
+			return b
 		}
-		v := reflect.ValueOf(a)
-		if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
-			return nil
-		}
-		f := v.Elem().FieldByName("ProxyAdapter")
-		if !f.IsValid() || f.Kind() != reflect.Interface || !f.CanInterface() || f.IsNil() {
-			return nil
-		}
-		inner, ok := f.Interface().(C.ProxyAdapter)
+		inner, ok := unwrapField(a)
 		if !ok {
 			return nil
 		}
 		a = inner
 	}
 	return nil
+}
+
+// unwrapField returns the adapter a wrapper embeds as its exported field ProxyAdapter.
+func unwrapField(a C.ProxyAdapter) (C.ProxyAdapter, bool) {
+	v := reflect.ValueOf(a)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return nil, false
+	}
+	f := v.Elem().FieldByName("ProxyAdapter")
+	if !f.IsValid() || f.Kind() != reflect.Interface || !f.CanInterface() || f.IsNil() {
+		return nil, false
+	}
+	inner, ok := f.Interface().(C.ProxyAdapter)
+	return inner, ok && inner != nil
 }

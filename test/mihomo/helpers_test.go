@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,12 +43,20 @@ func freePort(t testing.TB) int {
 // ---------------------------------------------------------------------------------------------
 // Targets: an HTTP server and a UDP echo on loopback.
 
-// startHTTP serves /hello ("hello"), /generate_204 and /blob?size=N (N pseudo-random bytes).
+// httpProviderContent is what the HTTP server serves as /provider.yaml (an http proxy provider).
+var httpProviderContent atomic.Value
+
+// startHTTP serves /hello ("hello"), /generate_204, /blob?size=N (N pseudo-random bytes) and
+// /provider.yaml.
 func startHTTP(t testing.TB) (addr string, closeFn func()) {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })
 	mux.HandleFunc("/generate_204", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	mux.HandleFunc("/provider.yaml", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := httpProviderContent.Load().([]byte)
+		w.Write(b)
+	})
 	mux.HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("size"))
 		w.Header().Set("Content-Length", strconv.Itoa(n))

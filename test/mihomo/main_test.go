@@ -39,7 +39,7 @@ var env struct {
 }
 
 // detectorUsers are the anytls proxies of the examples that point at the detector.
-var detectorUsers = []string{"anytls-tls", "anytls-inline", "sub-tokyo", "sub-paris", "sub-lisbon", "reload-1"}
+var detectorUsers = []string{"anytls-tls", "anytls-inline", "sub-tokyo", "sub-paris", "sub-lisbon", "reload-1", "http-1", "http-2"}
 
 // mixedListeners are the test's entry points: a mixed listener whose traffic goes to one proxy
 // or group.
@@ -52,6 +52,8 @@ var mixedListeners = map[string]string{
 	"mix-auto":    "Auto",           // url-test group
 	"mix-global":  "GLOBAL",         // GLOBAL
 	"mix-sub":     "Subscription",   // select group over the file and inline providers
+	"mix-remote":  "Remote",         // select group over an http provider (test-only)
+	"mix-smux":    "p-smux",         // our proxy with smux -> our listener
 }
 
 func TestMain(m *testing.M) {
@@ -188,7 +190,9 @@ func buildConfig(builtinPort int, realityDest string) ([]byte, error) {
 			"password": env.passwords[user], "skip-cert-verify": true, "udp": true,
 		}
 	}
-	proxies = append(proxies, loop("p-loop", "alice"), loop("p-carol", "carol"), map[string]any{
+	smux := loop("p-smux", "alice")
+	smux["smux"] = map[string]any{"enabled": true, "protocol": "h2mux"}
+	proxies = append(proxies, loop("p-loop", "alice"), loop("p-carol", "carol"), smux, map[string]any{
 		"name": "p-builtin", "type": "anytls", "server": "127.0.0.1", "port": builtinPort,
 		"password": "pw-builtin", "skip-cert-verify": true, "udp": true,
 	})
@@ -211,6 +215,13 @@ func buildConfig(builtinPort int, realityDest string) ([]byte, error) {
 	if err := writeProviderFile(content); err != nil {
 		return nil, err
 	}
+	// An http provider (test-only) whose content the HTTP server serves.
+	setHTTPProvider("http-1")
+	providers["remote"] = map[string]any{
+		"type": "http", "url": "http://" + env.httpAddr + "/provider.yaml", "interval": 3600,
+		"path": "./providers/remote.yaml",
+		"health-check": map[string]any{"enable": true, "url": "http://" + env.httpAddr + "/generate_204", "interval": 600},
+	}
 	cfg["proxy-providers"] = providers
 
 	// Groups: health checks go to the local HTTP server.
@@ -220,7 +231,7 @@ func buildConfig(builtinPort int, realityDest string) ([]byte, error) {
 			g["url"] = "http://" + env.httpAddr + "/generate_204"
 		}
 	}
-	cfg["proxy-groups"] = client["proxy-groups"]
+	cfg["proxy-groups"] = append(client["proxy-groups"].([]any), map[string]any{"name": "Remote", "type": "select", "use": []any{"remote"}})
 
 	// Listeners of the server example, on loopback with the test certificate.
 	var listeners []any
@@ -273,6 +284,15 @@ func readYAML(path string, v any) error {
 		return err
 	}
 	return yaml.Unmarshal(b, v)
+}
+
+// setHTTPProvider makes the http provider's content one anytls proxy at the detector.
+func setHTTPProvider(name string) {
+	b, _ := yaml.Marshal(map[string]any{"proxies": []any{map[string]any{
+		"name": name, "type": "anytls", "server": "127.0.0.1", "port": env.det.port(),
+		"password": detectorPassword(name), "sni": "localhost", "fingerprint": certFingerprint(env.cert),
+	}}})
+	httpProviderContent.Store(b)
 }
 
 // providerFile is the file provider's content in the home directory (as client.yaml names it).

@@ -193,10 +193,37 @@ func TestGroupsAndProvidersUseOurs(t *testing.T) {
 	a.selectProxy(t, "Subscription", "sub-lisbon")
 	get("mix-sub", "sub-lisbon")
 
+	// The http provider: its health check, traffic, and an update through the controller.
+	env.det.waitOurs(t, "http-1", 1)
+	get("mix-remote", "http-1")
+	setHTTPProvider("http-2")
+	t.Cleanup(func() {
+		setHTTPProvider("http-1")
+		a.must(t, http.StatusNoContent, http.MethodPut, "/providers/proxies/remote", nil)
+	})
+	a.must(t, http.StatusNoContent, http.MethodPut, "/providers/proxies/remote", nil)
+	if names := a.providerProxies(t, "remote"); !contains(names, "http-2") {
+		t.Fatalf("http provider after update: %v", names)
+	}
+	get("mix-remote", "http-2")
+
 	builtin, unknown := env.det.refused()
 	if len(builtin) > 0 || unknown > 0 {
 		t.Fatalf("detector refused sessions: built-in %v, unknown password %d", builtin, unknown)
 	}
+}
+
+// TestSmux: smux on an anytls proxy is honoured as mihomo does (sing-mux over our streams; our
+// listener hands the mux stream to mihomo's sing handler).
+func TestSmux(t *testing.T) {
+	p := tunnel.Proxies()["p-smux"]
+	if !p.ProxyInfo().SMUX {
+		t.Fatal("p-smux is not wrapped in sing-mux")
+	}
+	ourProxy(t, "p-smux")
+	s := socksClient(t, env.ports["mix-smux"])
+	checkTCP(t, s, env.httpAddr)
+	checkUDP(t, s, env.echoAddr)
 }
 
 // renameInProviderFile renames a proxy of the file provider (its password follows) and waits
@@ -290,4 +317,38 @@ func unwrapAutoClose(a C.ProxyAdapter) (C.ProxyAdapter, bool) {
 	}
 	inner, ok := f.Interface().(C.ProxyAdapter)
 	return inner, ok
+}
+
+// TestDetectorTellsClientsApart: the detector used above refuses mihomo's built-in anytls client
+// and serves ours, so its counts prove which one carried a proxy.
+func TestDetectorTellsClientsApart(t *testing.T) {
+	d := startDetector(t, env.cert, "x")
+	defer d.close()
+	b, err := outbound.NewAnyTLS(outbound.AnyTLSOption{
+		Name: "x", Server: "127.0.0.1", Port: d.port(), Password: detectorPassword("x"), SkipCertVerify: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := httpGet(t, b, env.httpAddr, "/hello"); err == nil {
+		t.Fatal("the detector served mihomo's built-in client")
+	}
+	if _, builtin, _ := d.counts("x"); builtin != 1 {
+		t.Fatalf("built-in sessions counted: %d, want 1", builtin)
+	}
+	ours, err := outmihomo.ParseProxy(map[string]any{
+		"name": "x", "type": "anytls", "server": "127.0.0.1", "port": d.port(),
+		"password": detectorPassword("x"), "skip-cert-verify": true,
+	}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	if body, err := httpGet(t, ours, env.httpAddr, "/hello"); err != nil || string(body) != "hello" {
+		t.Fatalf("our client at the detector: %q, %v", body, err)
+	}
+	if n, _, _ := d.counts("x"); n != 1 {
+		t.Fatalf("our sessions counted: %d, want 1", n)
+	}
 }
