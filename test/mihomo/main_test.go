@@ -219,7 +219,7 @@ func buildConfig(builtinPort int, realityDest string) ([]byte, error) {
 	setHTTPProvider("http-1")
 	providers["remote"] = map[string]any{
 		"type": "http", "url": "http://" + env.httpAddr + "/provider.yaml", "interval": 3600,
-		"path": "./providers/remote.yaml",
+		"path":         "./providers/remote.yaml",
 		"health-check": map[string]any{"enable": true, "url": "http://" + env.httpAddr + "/generate_204", "interval": 600},
 	}
 	cfg["proxy-providers"] = providers
