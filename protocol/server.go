@@ -31,6 +31,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
+	authing  map[net.Conn]struct{} // connections not yet authenticated, or being turned away
 	closed   bool
 }
 
@@ -44,7 +45,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}}
+	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, authing: map[net.Conn]struct{}{}}
 	s.scfg = sessionConfig{
 		logger:       cfg.Logger,
 		metrics:      cfg.Metrics,
@@ -104,9 +105,11 @@ func matchUser(table []userEntry, hash []byte) int {
 	return found
 }
 
-// Serve accepts connections from ln until it fails or the server is closed. A *tls.Conn is
-// handshaken (bounded by AuthTimeout) before ServeConn.
+// Serve accepts connections from ln until it fails, ctx is done or the server is closed (ln is
+// closed then). A *tls.Conn is handshaken (bounded by AuthTimeout) before ServeConn.
 func (srv *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -115,6 +118,9 @@ func (srv *Server) Serve(ctx context.Context, ln net.Listener) error {
 			srv.mu.Unlock()
 			if closed {
 				return ErrSessionClosed
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -134,6 +140,20 @@ func (srv *Server) Serve(ctx context.Context, ln net.Listener) error {
 // ServeConn authenticates conn (normally a server-side TLS connection) and serves its session
 // until it ends. It owns conn.
 func (srv *Server) ServeConn(ctx context.Context, conn net.Conn) error {
+	srv.mu.Lock()
+	if srv.closed {
+		srv.mu.Unlock()
+		conn.Close()
+		return ErrSessionClosed
+	}
+	srv.authing[conn] = struct{}{}
+	srv.mu.Unlock()
+	authDone := sync.OnceFunc(func() {
+		srv.mu.Lock()
+		delete(srv.authing, conn)
+		srv.mu.Unlock()
+	})
+	defer authDone()
 	deadline := time.Now().Add(srv.cfg.AuthTimeout)
 	conn.SetDeadline(deadline)
 	if tc, ok := conn.(*tls.Conn); ok {
@@ -177,6 +197,7 @@ func (srv *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		extra = first[authMinSize+padLen:]
 	}
 	conn.SetDeadline(time.Time{})
+	authDone()
 	user := table[idx]
 	return srv.serveSession(ctx, conn, user, extra)
 }
@@ -273,6 +294,9 @@ func (srv *Server) Close() error {
 	sessions := make([]*session, 0, len(srv.sessions))
 	for s := range srv.sessions {
 		sessions = append(sessions, s)
+	}
+	for c := range srv.authing {
+		c.Close()
 	}
 	srv.mu.Unlock()
 	for _, s := range sessions {
