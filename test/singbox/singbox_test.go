@@ -3,10 +3,15 @@ package singbox_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -18,6 +23,8 @@ import (
 	"github.com/anytls-engine/anytls/internal/sbrun"
 	sboutbound "github.com/anytls-engine/anytls/outbound/singbox"
 	"github.com/anytls-engine/anytls/protocol"
+
+	"github.com/sagernet/sing/common/uot"
 )
 
 // mixed inbound -> our anytls outbound -> our anytls inbound -> direct -> HTTP target / UDP echo.
@@ -315,5 +322,60 @@ func TestCommandDoesNotLinkBuiltin(t *testing.T) {
 	}
 	if !sawOurs {
 		t.Fatalf("cmd/anytls does not link inbound/singbox (%d deps, %s)", len(deps), runtime.Version())
+	}
+}
+
+// TLS is sing-box's own: a Reality server (handshakes borrowed from a local TLS server) and a
+// Reality uTLS client work through our inbound and outbound, and the built-in outbound reaches
+// our Reality inbound too.
+func TestReality(t *testing.T) {
+	e := newEnv(t)
+	cover := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	cert, err := tls.LoadX509KeyPair(e.certPath, e.keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cover.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	cover.StartTLS()
+	t.Cleanup(cover.Close)
+	coverPort := cover.Listener.Addr().(*net.TCPAddr).Port
+
+	key, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	private := base64.RawURLEncoding.EncodeToString(key.Bytes())
+	public := base64.RawURLEncoding.EncodeToString(key.PublicKey().Bytes())
+
+	serverPort := freePort(t)
+	scfg := e.serverConfig("anytls", serverPort)
+	first(scfg, "inbounds")["tls"] = map[string]any{
+		"enabled": true, "server_name": "localhost",
+		"reality": map[string]any{
+			"enabled": true, "private_key": private, "short_id": []any{"0123abcd"},
+			"handshake": map[string]any{"server": "127.0.0.1", "server_port": coverPort},
+		},
+	}
+	e.start(scfg)
+	for _, typ := range []string{"anytls", "anytls-builtin"} {
+		t.Run(typ, func(t *testing.T) {
+			mixed := freePort(t)
+			ccfg := e.clientConfig(typ, serverPort, mixed, "change-me-alice")
+			first(ccfg, "outbounds")["tls"] = map[string]any{
+				"enabled": true, "server_name": "localhost",
+				"utls":    map[string]any{"enabled": true, "fingerprint": "chrome"},
+				"reality": map[string]any{"enabled": true, "public_key": public, "short_id": "0123abcd"},
+			}
+			e.start(ccfg)
+			e.mustGet(mixed)
+			e.mustEchoUDP(mixed)
+		})
+	}
+}
+
+// The magic UoT name the engine recognises is sing's.
+func TestUoTMagicAddress(t *testing.T) {
+	if protocol.UoTMagicAddress != uot.MagicAddress {
+		t.Fatalf("protocol.UoTMagicAddress %q, sing's uot.MagicAddress %q", protocol.UoTMagicAddress, uot.MagicAddress)
 	}
 }
