@@ -26,6 +26,7 @@ type Client struct {
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
+	dialing  []*pendingDial
 	seq      uint64
 	closed   bool
 	done     chan struct{}
@@ -123,18 +124,96 @@ func (c *Client) attach(ctx context.Context, st *Stream, fresh bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	var mine *pendingDial
 	if !fresh {
 		if s := c.take(); s != nil {
 			if err := s.attachStream(st, false); err == nil {
 				return nil
 			}
 		}
+		d, dialer := c.joinDial()
+		if d != nil && !dialer {
+			select {
+			case <-d.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if s := c.takeFrom(d); s != nil {
+				if err := s.attachStream(st, false); err == nil {
+					return nil
+				}
+			}
+		}
+		if dialer {
+			mine = d
+		}
 	}
-	s, err := c.dialSession(ctx)
+	s, err := c.dialSession(ctx, mine)
 	if err != nil {
 		return err
 	}
 	return s.attachStream(st, true)
+}
+
+// pendingDial is a session being dialled. With MaxStreamsPerSession > 1, streams opened
+// meanwhile wait for it instead of each dialling a session of its own (a burst of a thousand
+// streams at start-up dialled a thousand sessions).
+type pendingDial struct {
+	done    chan struct{}
+	waiters int
+	s       *session // the session it produced (set when done)
+}
+
+// takeFrom reserves a slot on the session d produced, or on the newest session with room.
+func (c *Client) takeFrom(d *pendingDial) *session {
+	c.mu.Lock()
+	s := d.s
+	if s != nil && s.ready && s.active < c.cfg.MaxStreamsPerSession && !s.isClosed() {
+		s.active++
+		c.mu.Unlock()
+		return s
+	}
+	c.mu.Unlock()
+	return c.take()
+}
+
+// endDial wakes the streams waiting for d. Caller holds c.mu.
+func (c *Client) endDial(d *pendingDial) {
+	c.dialing = slices.DeleteFunc(c.dialing, func(x *pendingDial) bool { return x == d })
+	close(d.done)
+}
+
+// sessionReady marks a new session's packet 1 (settings first) as written: only now may other
+// streams join it, or their SYN could overtake the settings (the server must refuse a session
+// whose first frame is a SYN).
+func (c *Client) sessionReady(s *session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.ready = true
+	if s.dial != nil {
+		s.dial.s = s
+		c.endDial(s.dial)
+		s.dial = nil
+	}
+}
+
+// joinDial returns a dial in progress with room for one more stream to wait for, or registers
+// a new one that the caller must make (dialer true). Nil when sessions carry one stream.
+func (c *Client) joinDial() (d *pendingDial, dialer bool) {
+	if c.cfg.MaxStreamsPerSession <= 1 || c.cfg.DisableSessionReuse {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range c.dialing {
+		if d.waiters < c.cfg.MaxStreamsPerSession-1 {
+			d.waiters++
+			return d, false
+		}
+	}
+	d = &pendingDial{done: make(chan struct{})}
+	c.dialing = append(c.dialing, d)
+	return d, true
 }
 
 // take reserves the newest session with room for a stream, or returns nil.
@@ -146,7 +225,7 @@ func (c *Client) take() *session {
 	defer c.mu.Unlock()
 	var best *session
 	for s := range c.sessions {
-		if s.active < c.cfg.MaxStreamsPerSession && !s.isClosed() && (best == nil || s.seq > best.seq) {
+		if s.ready && s.active < c.cfg.MaxStreamsPerSession && !s.isClosed() && (best == nil || s.seq > best.seq) {
 			best = s
 		}
 	}
@@ -156,8 +235,16 @@ func (c *Client) take() *session {
 	return best
 }
 
-// dialSession connects, authenticates and starts a new session with one stream reserved.
-func (c *Client) dialSession(ctx context.Context) (*session, error) {
+// dialSession connects, authenticates and starts a new session with one stream reserved. d, if
+// not nil, is the pending dial registered for it: its waiters wake when the session is ready.
+func (c *Client) dialSession(ctx context.Context, d *pendingDial) (*session, error) {
+	defer func() { // failed: wake the waiters (on success sessionReady does)
+		if d != nil {
+			c.mu.Lock()
+			c.endDial(d)
+			c.mu.Unlock()
+		}
+	}()
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
@@ -195,6 +282,7 @@ func (c *Client) dialSession(ctx context.Context) (*session, error) {
 	c.seq++
 	s.seq = c.seq
 	s.active = 1
+	s.dial, d = d, nil
 	c.sessions[s] = struct{}{}
 	c.wg.Add(1)
 	c.mu.Unlock()
@@ -221,6 +309,9 @@ func (c *Client) settingsFrame(dst []byte, scheme *PaddingScheme) []byte {
 // session it writes packet 1: settings, SYN and the address.
 func (s *session) attachStream(st *Stream, fresh bool) error {
 	c := s.client
+	if fresh {
+		defer c.sessionReady(s)
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -322,7 +413,7 @@ func (c *Client) migrate(st *Stream) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.DialTimeout)
 	defer cancel()
 	c.cfg.Logger.Debug("anytls: pooled session was dead, retrying stream on a fresh session", "dest", st.dest.String())
-	s, err := c.dialSession(ctx)
+	s, err := c.dialSession(ctx, nil)
 	if err == nil {
 		err = s.attachStream(st, true)
 	}

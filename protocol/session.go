@@ -71,7 +71,9 @@ type session struct {
 
 	// client pool
 	seq       uint64
-	active    int // streams attached (guarded by client.mu)
+	active    int          // streams attached (guarded by client.mu)
+	ready     bool         // settings written, other streams may join (guarded by client.mu)
+	dial      *pendingDial // streams waiting for this session (guarded by client.mu)
 	idleSince time.Time
 
 	// server
