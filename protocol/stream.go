@@ -302,11 +302,24 @@ const alignedFrameData = 4*16384 - HeaderSize
 
 // ReadFrom reads from r straight into frame buffers (saves a copy).
 func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
-	buf := getBuf(HeaderSize + MaxFrameData)
-	defer putBuf(buf)
+	// When the last read did not fill the buffer the source may be drained: wait for it
+	// holding no buffer, so that an idle stream does not hold 64 KiB (sockets only).
+	wait := readWaiter(r)
+	var buf []byte
+	defer func() { putBuf(buf) }()
+	full := false
 	var total int64
 	for {
+		if wait != nil && !full {
+			putBuf(buf)
+			buf = nil
+			wait()
+		}
+		if buf == nil {
+			buf = getBuf(HeaderSize + MaxFrameData)
+		}
 		n, rerr := r.Read(buf[HeaderSize : HeaderSize+alignedFrameData])
+		full = n == alignedFrameData
 		if n > 0 {
 			st.wmu.Lock()
 			err := st.writeFrameLocked(buf, n)
