@@ -50,8 +50,9 @@ type config struct {
 	Mem           []int // concurrent streams, one session each
 	Mux           int   // concurrent streams on our client with MuxPerSession streams per session
 	MuxPerSession int
-	ProfileDir    string // CPU profiles of our engine's jobs go here
-	Exe           string // the executable that runs jobs (this binary, or the test binary)
+	ProfileDir    string   // CPU profiles of the measured parts go here
+	ProfileImpls  []string // implementations profiled
+	Exe           string   // the executable that runs jobs (this binary, or the test binary)
 	Timeout       time.Duration
 	Progress      io.Writer
 }
@@ -94,10 +95,12 @@ func main() {
 	flag.IntVar(&cfg.Procs, "procs", cfg.Procs, "fresh processes per implementation and run")
 	flag.IntVar(&cfg.Mux, "mux", cfg.Mux, "concurrent idle streams on our client carrying several per session (0: skip)")
 	flag.IntVar(&cfg.MuxPerSession, "mux-per-session", cfg.MuxPerSession, "streams per session for -mux")
-	flag.StringVar(&cfg.ProfileDir, "profile", "", "write CPU profiles of our engine's measurements to this directory")
+	flag.StringVar(&cfg.ProfileDir, "profile", "", "write CPU profiles of the measured parts to this directory")
+	profileImpls := flag.String("profile-impls", implOurs, "implementations to profile with -profile")
 	flag.Parse()
 	cfg.Impls = splitList(*impls)
 	cfg.Metrics = splitList(*metrics)
+	cfg.ProfileImpls = splitList(*profileImpls)
 	cfg.Mem = nil
 	for _, f := range splitList(*mem) {
 		n, err := strconv.Atoi(f)
@@ -239,8 +242,8 @@ func run(cfg config) (*results, error) {
 				return res, fmt.Errorf("unknown metric %q (want %s)", metric, strings.Join(allMetrics, ", "))
 			}
 			for i, j := range jobs {
-				if cfg.ProfileDir != "" && j.Impl == implOurs {
-					j.Profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-run%d-%d.pprof", metric, r+1, i))
+				if cfg.ProfileDir != "" && slices.Contains(cfg.ProfileImpls, j.Impl) {
+					j.Profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-%s-run%d-%d.pprof", metric, j.Impl, r+1, i))
 				}
 				fmt.Fprintf(cfg.Progress, "run %d/%d: %s %s%s ...", r+1, cfg.Runs, metric, j.Impl, j.detail())
 				t0 := time.Now()

@@ -431,6 +431,10 @@ func runMem(j *job) (result, error) {
 	}
 	time.Sleep(200 * time.Millisecond) // let servers finish setting up the last streams
 	held := snapshot()
+	if err := writeProfiles(j); err != nil {
+		closeAll()
+		return nil, err
+	}
 	closeAll()
 	s.client.Close()
 	// What is left once everything closed: goroutines above the count before the streams
@@ -450,6 +454,30 @@ func runMem(j *job) (result, error) {
 		"left_goroutines": float64(max(after.goroutines-before.goroutines, 0)),
 		"left_heap_KB":    float64(max(after.heap-before.heap, 0)) / 1000,
 	}, nil
+}
+
+// writeProfiles writes the heap profile (in use) and the goroutines of a memory job.
+func writeProfiles(j *job) error {
+	for _, name := range []string{"heap", "goroutine"} {
+		path := j.profileName(name)
+		if path == "" {
+			return nil
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		debugLevel := 0
+		if name == "goroutine" {
+			debugLevel = 1
+		}
+		err = pprof.Lookup(name).WriteTo(f, debugLevel)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func runJob(j *job) (result, error) {
