@@ -13,7 +13,8 @@ import (
 // half-closed, stalled, handler blocked, opened but never written), closing the client and the
 // server ends every goroutine they started.
 func TestNoGoroutineOutlivesClose(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // runs after newTestPair's cleanup
 	block := make(chan struct{})
 	defer close(block)
 	p := newTestPair(t, ServerConfig{Handler: func(ctx context.Context, st *Stream) {
@@ -38,16 +39,19 @@ func TestNoGoroutineOutlivesClose(t *testing.T) {
 	}}, ClientConfig{MaxStreamsPerSession: 3, StreamBufferSize: 64 << 10})
 	ctx := context.Background()
 	var streams []*Stream
-	for port := range uint16(4) {
+	open := func(port uint16) *Stream {
 		st, err := p.client.OpenStream(ctx, Addr{Fqdn: "example.com", Port: port})
 		if err != nil {
 			t.Fatal(err)
 		}
 		streams = append(streams, st)
+		return st
 	}
-	echo(t, streams[1], []byte("ping"))
+	open(0)
+	echo(t, open(1), []byte("ping")) // before the flood, which holds the session's reader
 	streams[1].CloseWrite()
-	streams[3].Write([]byte("x"))
+	open(2)
+	open(3).Write([]byte("x"))
 	waitFor(t, 5*time.Second, "the flood to fill the buffer", func() bool {
 		streams[2].mu.Lock()
 		defer streams[2].mu.Unlock()
