@@ -165,6 +165,38 @@ func TestNoFinToPeerWithoutHalfClose(t *testing.T) {
 	}
 }
 
+// TestCloseStopsPeerWrites: under half-close an empty cmdFIN only ends one direction, so a
+// stream closed for good must stop a peer that keeps writing into it (as TCP answers with an
+// RST): the peer's writes fail with ErrStreamReset instead of vanishing.
+func TestCloseStopsPeerWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		writeErr := make(chan error, 1)
+		p := newMemPair(t, ServerConfig{Handler: func(ctx context.Context, st *Stream) {
+			defer st.Close()
+			st.Report(nil)
+			buf := make([]byte, 1024)
+			for {
+				if _, err := st.Write(buf); err != nil {
+					writeErr <- err
+					return
+				}
+			}
+		}}, ClientConfig{})
+		st := p.open("example.com:80")
+		if _, err := io.ReadFull(st, make([]byte, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+		if err := <-writeErr; !errors.Is(err, ErrStreamReset) {
+			t.Fatalf("server's writes after the client's Close: %v, want ErrStreamReset", err)
+		}
+		synctest.Wait()
+		if open, _ := p.client.SessionCount(); open != 1 || p.srv.SessionCount() != 1 {
+			t.Fatal("the session did not survive")
+		}
+	})
+}
+
 // TestPeerFinWithoutHalfClose: after a cmdFIN from a peer without half-close (a full close),
 // reads return io.EOF after the data and writes fail with ErrStreamReset.
 func TestPeerFinWithoutHalfClose(t *testing.T) {

@@ -137,9 +137,12 @@ func TestStalledReaderServerSide(t *testing.T) {
 			t.Fatalf("other stream held for %v, more than the stall timeout %v", d, stall)
 		}
 		close(release)
-		// the client learns that the server gave the stream up (half-close between ours: EOF)
-		if _, err := slow.Read(make([]byte, 1)); err == nil {
-			t.Fatal("client's stalled stream still readable")
+		// the client learns that the server reset the stream (not a mere half-close)
+		if _, err := slow.Read(make([]byte, 1)); !errors.Is(err, ErrStreamReset) {
+			t.Fatalf("client's side of the stalled stream: %v, want ErrStreamReset", err)
+		}
+		if _, err := slow.Write([]byte("more")); err == nil {
+			t.Fatal("client can still write into the reset stream")
 		}
 		slow.Close()
 		fast.Close()
