@@ -31,9 +31,10 @@ import (
 // A prober sends the same bytes to both and must see the same bytes back and the same close.
 
 const (
-	// fallbackAuthTimeout is our server's authentication timeout in this test (short, so that
-	// a silent prober is handed over quickly).
-	fallbackAuthTimeout = 300 * time.Millisecond
+	// fallbackAuthTimeout is our server's authentication timeout in this test: short, so that
+	// a silent prober is handed over quickly, but it bounds the TLS handshake too, so not so
+	// short that a loaded machine's handshake exceeds it (the server would close, not fall back).
+	fallbackAuthTimeout = time.Second
 	// webHeaderTimeout and webIdleTimeout are the web server's: a connection that sends no
 	// request is closed after the first, a kept-alive one after the second.
 	webHeaderTimeout = 600 * time.Millisecond
