@@ -287,6 +287,34 @@ func (srv *Server) SessionCount() int {
 	return len(srv.sessions)
 }
 
+// ReportBytes passes the bytes every open stream carried since its last report to
+// Metrics.BytesTransferred now. Streams otherwise report once, when they close, so a long download
+// would show on a dashboard only at its end; a metrics exporter calls this before each scrape.
+func (srv *Server) ReportBytes() {
+	if srv.cfg.Metrics == nil {
+		return
+	}
+	srv.mu.Lock()
+	sessions := make([]*session, 0, len(srv.sessions))
+	for s := range srv.sessions {
+		sessions = append(sessions, s)
+	}
+	srv.mu.Unlock()
+	var streams []*Stream
+	for _, s := range sessions {
+		s.mu.Lock()
+		for _, st := range s.streams {
+			streams = append(streams, st)
+		}
+		s.mu.Unlock()
+	}
+	for _, st := range streams {
+		if st.upBytes.Load() != 0 || st.downBytes.Load() != 0 {
+			st.reportBytes() // swaps the counters: a byte is reported once, here or at Close
+		}
+	}
+}
+
 // Close closes every session and makes ServeConn refuse new ones.
 func (srv *Server) Close() error {
 	srv.mu.Lock()
