@@ -125,28 +125,31 @@ func (c *Client) attach(ctx context.Context, st *Stream, fresh bool) error {
 		return err
 	}
 	var mine *pendingDial
-	if !fresh {
+	for !fresh {
 		if s := c.take(); s != nil {
 			if err := s.attachStream(st, false); err == nil {
 				return nil
 			}
 		}
 		d, dialer := c.joinDial()
-		if d != nil && !dialer {
-			select {
-			case <-d.done:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			if s := c.takeFrom(d); s != nil {
-				if err := s.attachStream(st, false); err == nil {
-					return nil
-				}
-			}
-		}
-		if dialer {
+		if d == nil || dialer {
 			mine = d
+			break
 		}
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if s := c.takeFrom(d); s != nil {
+			if err := s.attachStream(st, false); err == nil {
+				return nil
+			}
+		}
+		if d.s == nil {
+			break // that dial failed: make one of our own
+		}
+		// others filled that session first: look again, join or make the next dial
 	}
 	s, err := c.dialSession(ctx, mine)
 	if err != nil {
