@@ -321,7 +321,10 @@ func (w *tcpWorld) stop() {
 // restart stops the server and starts a new one on the same port.
 func (w *tcpWorld) restart() {
 	w.stop()
-	w.start(w.addr)
+	w.mu.Lock()
+	addr := w.addr
+	w.mu.Unlock()
+	w.start(addr)
 }
 
 func (w *tcpWorld) server() *protocol.Server {
@@ -331,8 +334,11 @@ func (w *tcpWorld) server() *protocol.Server {
 }
 
 func (w *tcpWorld) Dial(ctx context.Context) (net.Conn, error) {
+	w.mu.Lock()
+	addr := w.addr
+	w.mu.Unlock()
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", w.addr)
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -566,6 +572,8 @@ func rssBytes(t testing.TB) int64 {
 }
 
 func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC() // the second empties sync.Pool's victim cache
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse

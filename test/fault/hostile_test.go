@@ -453,3 +453,5 @@ func readRepoFile(rel string) (string, error) {
 	b, err := os.ReadFile(filepath.Join("..", "..", rel))
 	return string(b), err
 }
+
+func slogFor(h slog.Handler) *slog.Logger { return slog.New(h) }

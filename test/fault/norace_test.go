@@ -1,0 +1,7 @@
+//go:build !race
+
+package fault
+
+const raceNote = ""
+
+const raceEnabled = false
