@@ -29,6 +29,7 @@ type job struct {
 	Metric     string // metricBulk, metricParallel, metricLatency, metricFirst, metricMem
 	Impl       string
 	Bytes      int64  // bulk, parallel: bytes per direction (all streams together)
+	Dir        string // bulk, parallel: "up" or "down" only (for profiling); default both
 	Streams    int    // parallel: concurrent streams; mem: streams held open
 	PerSession int    // mem: streams per session (ours only; 0 or 1: one each)
 	Opens      int    // latency: warm opens measured
@@ -170,6 +171,17 @@ func (j *job) profileName(part string) string {
 	return strings.TrimSuffix(j.Profile, ".pprof") + "-" + part + ".pprof"
 }
 
+// directions returns the directions a bulk or parallel job measures: both unless Dir says.
+func (j *job) directions() []bool {
+	switch j.Dir {
+	case "up":
+		return []bool{true}
+	case "down":
+		return []bool{false}
+	}
+	return []bool{true, false}
+}
+
 // runBulk: one stream up, then one stream down, after a warm-up of both.
 func runBulk(j *job) (result, error) {
 	s, err := newStack(j.Impl, netip.AddrPort{}, 0)
@@ -178,7 +190,7 @@ func runBulk(j *job) (result, error) {
 	}
 	defer s.close()
 	r := result{}
-	for _, up := range []bool{true, false} {
+	for _, up := range j.directions() {
 		dir := map[bool]string{true: "up", false: "down"}[up]
 		warm := min(j.Bytes, 32<<20)
 		if err := s.oneTransfer(up, warm); err != nil {
@@ -216,7 +228,7 @@ func runParallel(j *job) (result, error) {
 	defer s.close()
 	r := result{}
 	per := j.Bytes / int64(j.Streams)
-	for _, up := range []bool{true, false} {
+	for _, up := range j.directions() {
 		dir := map[bool]string{true: "par_up", false: "par_down"}[up]
 		if err := s.oneTransfer(up, min(per, 8<<20)); err != nil {
 			return nil, fmt.Errorf("warm-up %s: %w", dir, err)
@@ -272,6 +284,9 @@ func echoByte(conn net.Conn) error {
 }
 
 func percentile(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
 	s := slices.Clone(d)
 	slices.Sort(s)
 	i := min(int(float64(len(s))*p), len(s)-1)
@@ -287,20 +302,22 @@ func runLatency(j *job) (result, error) {
 	}
 	defer s.close()
 	var fresh []time.Duration
+	var freshCPU time.Duration
 	for i := range j.Fresh + 1 {
 		c, err := s.env.newClient(j.Impl, s.srv.addr, 0)
 		if err != nil {
 			return nil, err
 		}
-		t0 := time.Now()
+		c0, t0 := cpuTime(), time.Now()
 		err = s.echoOnce(c)
-		d := time.Since(t0)
+		d, cd := time.Since(t0), cpuTime()-c0
 		c.Close()
 		if err != nil {
 			return nil, fmt.Errorf("fresh client: %w", err)
 		}
 		if i > 0 {
 			fresh = append(fresh, d)
+			freshCPU += cd
 		}
 	}
 	for range max(j.Opens/10, 10) {
@@ -309,7 +326,7 @@ func runLatency(j *job) (result, error) {
 		}
 	}
 	warm := make([]time.Duration, 0, j.Opens)
-	_, _, err = timed(j.profileName("open"), func() error {
+	_, cpu, err := timed(j.profileName("open"), func() error {
 		for range j.Opens {
 			t0 := time.Now()
 			if err := s.echoOnce(s.client); err != nil {
@@ -325,7 +342,9 @@ func runLatency(j *job) (result, error) {
 	return result{
 		"open_p50_us":     percentile(warm, 0.5),
 		"open_p99_us":     percentile(warm, 0.99),
+		"open_cpu_us":     float64(cpu) / float64(time.Microsecond) / float64(j.Opens),
 		"first_client_us": percentile(fresh, 0.5),
+		"first_cpu_us":    float64(freshCPU) / float64(time.Microsecond) / float64(max(j.Fresh, 1)),
 	}, nil
 }
 

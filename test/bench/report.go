@@ -67,8 +67,8 @@ func (r *results) add(j job, out result) {
 		line(name+"/dir=up", 1, out["par_up_MBps"], "MB/s", out["par_up_cpu"], "cpu-s/GiB")
 		line(name+"/dir=down", 1, out["par_down_MBps"], "MB/s", out["par_down_cpu"], "cpu-s/GiB")
 	case metricLatency:
-		line("WarmOpen", j.Opens, out["open_p50_us"]*1e3, "p50-ns/op", out["open_p99_us"]*1e3, "p99-ns/op")
-		line("FirstStream/client=fresh", j.Fresh, out["first_client_us"]*1e3, "ns/op")
+		line("WarmOpen", j.Opens, out["open_p50_us"]*1e3, "p50-ns/op", out["open_p99_us"]*1e3, "p99-ns/op", out["open_cpu_us"]*1e3, "cpu-ns/op")
+		line("FirstStream/client=fresh", j.Fresh, out["first_client_us"]*1e3, "ns/op", out["first_cpu_us"]*1e3, "cpu-ns/op")
 	case metricFirst:
 		line("FirstStream/client=fresh-process", 1, out["first_process_us"]*1e3, "ns/op")
 	case metricMem:
@@ -108,7 +108,9 @@ func figures(cfg config) []figure {
 		{key: "par_down_cpu", label: fmt.Sprintf("CPU per GiB down, %d streams (s)", cfg.ParStreams), format: "%.2f"},
 		{key: "open_p50_us", label: "warm open p50 (µs)", format: "%.0f", vsPeer: 0.8, text: "≤ 0.8× best peer"},
 		{key: "open_p99_us", label: "warm open p99 (µs)", format: "%.0f", vsSelf: 2, selfKey: "open_p50_us", text: "≤ 2× our p50"},
+		{key: "open_cpu_us", label: "CPU per warm open (µs)", format: "%.0f"},
 		{key: "first_client_us", label: "first stream, fresh client (µs)", format: "%.0f", vsTLS: 1.1, text: "≤ 1.1× tls"},
+		{key: "first_cpu_us", label: "CPU per first stream, fresh client (µs)", format: "%.0f"},
 		{key: "first_process_us", label: "first stream, fresh process (µs)", format: "%.0f", vsTLS: 1.1, text: "≤ 1.1× tls"},
 	}
 	for _, n := range cfg.Mem {
