@@ -229,10 +229,17 @@ func checkUsers(users []User) error {
 		return fmt.Errorf("%w: server: at least one user is required", ErrBadConfig)
 	}
 	names := map[string]bool{}
+	passwords := map[string]int{}
 	for i, u := range users {
 		if u.Password == "" {
 			return fmt.Errorf("%w: server: user %d (%q) has an empty password", ErrBadConfig, i, u.Name)
 		}
+		// The password is all that identifies a user on the wire: two users sharing one would
+		// make user names, rules and metrics ambiguous.
+		if j, dup := passwords[u.Password]; dup {
+			return fmt.Errorf("%w: server: users %d (%q) and %d (%q) have the same password", ErrBadConfig, j, users[j].Name, i, u.Name)
+		}
+		passwords[u.Password] = i
 		if u.Name != "" && names[u.Name] {
 			return fmt.Errorf("%w: server: user name %q appears twice", ErrBadConfig, u.Name)
 		}

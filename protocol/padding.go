@@ -171,3 +171,64 @@ func (p *PaddingScheme) RecordSizes(pkt int, dst []int) ([]int, bool) {
 	}
 	return dst, true
 }
+
+// parsePushedScheme reads a scheme pushed by a server as deployed clients do: unknown keys and
+// unreadable items are skipped, min > max is swapped, sizes below 1 are dropped; only a missing
+// or bad stop= line refuses it. Deployed servers push what their own lenient parser accepted, and
+// refusing it would draw a new push on every session.
+func parsePushedScheme(text []byte) (*PaddingScheme, error) {
+	if p, err := ParsePaddingScheme(text); err == nil {
+		return p, nil
+	}
+	sum := md5.Sum(text)
+	p := &PaddingScheme{raw: append([]byte(nil), text...), md5: hex.EncodeToString(sum[:]), stop: -1}
+	for line := range strings.SplitSeq(string(text), "\n") {
+		key, value, ok := strings.Cut(strings.TrimRight(line, "\r"), "=")
+		if !ok {
+			continue
+		}
+		if key == "stop" {
+			if n, err := strconv.Atoi(value); err == nil && n >= 0 && n <= 1024 {
+				p.stop = n
+			}
+			continue
+		}
+		pkt, err := strconv.Atoi(key)
+		if err != nil || pkt < 0 || pkt > 1024 {
+			continue
+		}
+		var ranges []sizeRange
+		for item := range strings.SplitSeq(value, ",") {
+			if item == "c" {
+				if pkt > 0 {
+					ranges = append(ranges, sizeRange{CheckMark, CheckMark})
+				}
+				continue
+			}
+			lo, hi, ok := strings.Cut(item, "-")
+			a, errA := strconv.Atoi(lo)
+			b, errB := strconv.Atoi(hi)
+			if !ok || errA != nil || errB != nil {
+				continue
+			}
+			if a > b {
+				a, b = b, a
+			}
+			if a < 1 || b > maxRecordSize {
+				continue
+			}
+			ranges = append(ranges, sizeRange{a, b})
+		}
+		if pkt == 0 && len(ranges) > 1 {
+			ranges = ranges[:1]
+		}
+		for len(p.lines) <= pkt {
+			p.lines = append(p.lines, nil)
+		}
+		p.lines[pkt] = ranges
+	}
+	if p.stop < 0 {
+		return nil, &PaddingSchemeError{Reason: "missing stop=N line"}
+	}
+	return p, nil
+}
