@@ -173,16 +173,18 @@ func Stop() { executor.Shutdown() }
 
 // Run starts mihomo and serves until ctx ends or SIGINT/SIGTERM arrives; SIGHUP reloads.
 func Run(ctx context.Context, o Options) error {
-	if err := Start(o); err != nil {
-		return err
-	}
-	defer Stop()
+	// Signals first: a SIGTERM that arrives while the configuration is applied still stops
+	// mihomo cleanly.
 	term := make(chan os.Signal, 1)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGINT, syscall.SIGTERM)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(term)
 	defer signal.Stop(hup)
+	if err := Start(o); err != nil {
+		return err
+	}
+	defer Stop()
 	for {
 		select {
 		case <-ctx.Done():
