@@ -158,8 +158,7 @@ func startDetector(t testing.TB, cert tls.Certificate, names ...string) *detecto
 	return d
 }
 
-func (d *detector) addr() string { return d.ln.Addr().String() }
-func (d *detector) port() int    { return d.ln.Addr().(*net.TCPAddr).Port }
+func (d *detector) port() int { return d.ln.Addr().(*net.TCPAddr).Port }
 
 func (d *detector) close() {
 	d.ln.Close()

@@ -57,27 +57,26 @@ var mixedListeners = map[string]string{
 }
 
 func TestMain(m *testing.M) {
-	code, err := setup()
-	if err != nil {
+	if err := setup(); err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)
 		os.Exit(1)
 	}
-	code = m.Run()
+	code := m.Run()
 	mihomorun.Stop()
 	os.Exit(code)
 }
 
 // setup starts the targets, the detector, the built-in listener and mihomo.
-func setup() (int, error) {
+func setup() error {
 	t := &setupT{}
 	home, err := os.MkdirTemp("", "anytls-mihomo-test-")
 	if err != nil {
-		return 0, err
+		return err
 	}
 	env.home = home
 	env.cert, env.certPEM, env.keyPEM, err = testcert.New("localhost", "127.0.0.1")
 	if err != nil {
-		return 0, err
+		return err
 	}
 	env.httpAddr, _ = startHTTP(t)
 	env.echoAddr, _ = startUDPEcho(t)
@@ -93,7 +92,7 @@ func setup() (int, error) {
 		PrivateKey:  string(env.keyPEM),
 	}, tunnel.Tunnel, inbound.WithInName("builtin-in"))
 	if err != nil {
-		return 0, err
+		return err
 	}
 	builtinPort := env.builtinIn.AddrList()[0].(*net.TCPAddr).Port
 
@@ -103,19 +102,19 @@ func setup() (int, error) {
 	}
 	cfg, err := buildConfig(builtinPort, realityDest)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if t.failed != nil {
-		return 0, t.failed
+		return t.failed
 	}
 	env.configYAML = cfg
 	path := filepath.Join(home, "config.yaml")
 	if err := os.WriteFile(path, cfg, 0o600); err != nil {
-		return 0, err
+		return err
 	}
 	env.api = api{base: fmt.Sprintf("http://127.0.0.1:%d", env.ports["api"]), secret: "test-secret"}
 	if err := mihomorun.Start(mihomorun.Options{HomeDir: home, ConfigFile: path}); err != nil {
-		return 0, err
+		return err
 	}
 	// The controller starts in the background.
 	deadline := time.Now().Add(ioTimeout)
@@ -125,11 +124,11 @@ func setup() (int, error) {
 			break
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("external controller did not come up: %d %v", code, err)
+			return fmt.Errorf("external controller did not come up: %d %v", code, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return 0, nil
+	return nil
 }
 
 // buildConfig merges examples/mihomo/client.yaml and server.yaml into one configuration that

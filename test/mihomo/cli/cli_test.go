@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,11 +42,7 @@ func TestMain(m *testing.M) {
 	}
 	anytlsBin = filepath.Join(dir, "anytls")
 	mihomoBin = filepath.Join(dir, "mihomo")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
-	build := exec.Command(goBin, "build", "-tags", tags, "-ldflags=-s -w", "-o", anytlsBin, "github.com/anytls-engine/anytls/cmd/anytls")
+	build := exec.Command("go", "build", "-tags", tags, "-ldflags=-s -w", "-o", anytlsBin, "github.com/anytls-engine/anytls/cmd/anytls")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build anytls:", err)
