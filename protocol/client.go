@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -305,6 +306,11 @@ func (c *Client) settingsFrame(dst []byte, scheme *PaddingScheme) []byte {
 	if !c.cfg.DisableHalfClose {
 		settings[settingHalfClose] = "1"
 	}
+	if c.cfg.MaxStreamsPerSession > 1 {
+		// Flow control matters only where streams share a session: a stream alone on its
+		// session is back-pressured by TCP itself, and its settings stay as deployed clients'.
+		settings[settingWindow] = strconv.Itoa(c.cfg.StreamBufferSize)
+	}
 	return AppendFrame(dst, CmdSettings, 0, settings.Encode())
 }
 
@@ -337,6 +343,7 @@ func (s *session) attachStream(st *Stream, fresh bool) error {
 	st.attachedAt = s.recvClock.Load()
 	st.removed, st.acked, st.migrating = false, false, false
 	st.synSentAt = time.Time{}
+	st.sent, st.granted, st.unacked = int64(len(a)), 0, 0 // flow control counts per session
 	if fresh {
 		st.markSynSentLocked()
 		st.mu.Unlock()
@@ -427,6 +434,7 @@ func (c *Client) migrate(st *Stream) {
 	st.mu.Lock()
 	st.migrating = false
 	replay := st.replay
+	st.sent += int64(len(replay))
 	id := st.id
 	st.mu.Unlock()
 	if len(replay) > 0 {

@@ -23,6 +23,12 @@ const (
 	CmdServerSettings      Command = 10
 )
 
+// cmdWindowUpdate (this project's extension, sent only where both ends announced settingWindow)
+// grants the peer more room on stream streamId: its data is a uint32, big-endian, the number of
+// bytes the reader consumed. A value far from the protocol's own commands, so that a future
+// version of the protocol cannot collide with it.
+const cmdWindowUpdate Command = 0xE0
+
 // HeaderSize is the size of a frame header: command, stream id, data length.
 const HeaderSize = 7
 

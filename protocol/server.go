@@ -12,6 +12,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -375,6 +376,11 @@ func (s *session) handleServerFrame(h FrameHeader) error {
 			if s.cfg.halfClose && settings[settingHalfClose] == "1" {
 				reply[settingHalfClose] = "1"
 				s.halfClose.Store(true)
+			}
+			if w := settings.window(); w > 0 {
+				reply[settingWindow] = strconv.Itoa(s.cfg.bufferSize)
+				s.peerWindow.Store(w)
+				s.flowControl.Store(true)
 			}
 			s.queueControl(CmdServerSettings, 0, reply.Encode())
 		}

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +58,9 @@ type session struct {
 
 	peerVersion atomic.Int32
 	halfClose   atomic.Bool
-	lastAborted uint32 // stream id last answered with finAbort (reader goroutine only)
+	flowControl atomic.Bool  // both ends announced settingWindow
+	peerWindow  atomic.Int64 // the receive window the peer grants each stream
+	lastAborted uint32       // stream id last answered with finAbort (reader goroutine only)
 
 	// liveness: the receive clock counts frames received
 	recvClock     atomic.Int64
@@ -360,7 +363,11 @@ func (s *session) handleFrame(h FrameHeader) error {
 			s.lastActivity.Store(time.Now().UnixNano())
 		}
 		if st := s.stream(h.StreamID); st != nil {
-			st.push(s, data, s.cfg.bufferSize, s.cfg.stallTimeout)
+			limit := s.cfg.bufferSize
+			if s.flowControl.Load() {
+				limit += MaxFrameData // a sender may overshoot its credit by one frame
+			}
+			st.push(s, data, limit, s.cfg.stallTimeout)
 		} else {
 			putBuf(data)
 			if s.halfClose.Load() && h.StreamID != s.lastAborted {
@@ -396,6 +403,11 @@ func (s *session) handleFrame(h FrameHeader) error {
 		return nil
 	case CmdHeartResponse:
 		return s.discard(h.Length)
+	case cmdWindowUpdate:
+		if s.flowControl.Load() {
+			return s.windowUpdate(h)
+		}
+		// not negotiated: an unknown command, skipped below
 	}
 	if s.isClient {
 		return s.handleClientFrame(h)
@@ -458,6 +470,33 @@ func (s *session) handleClientFrame(h FrameHeader) error {
 	return s.discard(h.Length)
 }
 
+// windowUpdate handles cmdWindowUpdate: the peer's reader consumed data, we may send more.
+func (s *session) windowUpdate(h FrameHeader) error {
+	if h.Length != 4 {
+		return s.discard(h.Length) // malformed: skipped
+	}
+	b, err := s.readData(h.Length)
+	if err != nil {
+		return err
+	}
+	n := int64(binary.BigEndian.Uint32(b))
+	putBuf(b)
+	if st := s.stream(h.StreamID); st != nil {
+		st.mu.Lock()
+		st.granted += n
+		st.mu.Unlock()
+		notify(st.credit)
+	}
+	return nil
+}
+
+// sendWindowUpdate grants the peer n more bytes on stream id.
+func (s *session) sendWindowUpdate(id uint32, n int64) {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], uint32(min(n, 1<<32-1)))
+	s.queueControl(cmdWindowUpdate, id, b[:])
+}
+
 // serverSettings handles cmdServerSettings: the session becomes v2.
 func (s *session) serverSettings(settings Settings) {
 	v := min(settings.Version(), s.cfg.maxVersion)
@@ -468,6 +507,11 @@ func (s *session) serverSettings(settings Settings) {
 	if s.cfg.halfClose && settings[settingHalfClose] == "1" {
 		s.halfClose.Store(true)
 	}
+	if w := settings.window(); w > 0 {
+		s.peerWindow.Store(w)
+		s.flowControl.Store(true)
+	}
+	fc := s.flowControl.Load()
 	s.mu.Lock()
 	streams := make([]*Stream, 0, len(s.streams))
 	for _, st := range s.streams {
@@ -479,6 +523,10 @@ func (s *session) serverSettings(settings Settings) {
 		st.mu.Lock()
 		if st.sess == s {
 			st.armSynAckLocked()
+			if fc && st.unacked > 0 { // consumed before flow control was known to be on
+				s.sendWindowUpdate(st.id, st.unacked)
+				st.unacked = 0
+			}
 		}
 		// A CloseWrite made before this answer could not know that half-close would be on and
 		// sent nothing: send its cmdFIN now, or the server never sees the end of the stream.

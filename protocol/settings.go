@@ -14,6 +14,10 @@ const (
 	// than a full close. Deployed peers ignore unknown keys, so only two ends of ours both
 	// announcing it switch to half-close.
 	settingHalfClose = "x-anytls-halfclose"
+	// settingWindow announces per-stream flow control (this project's extension): its value is
+	// the receive window, in bytes, the sender grants each stream. Only when both ends announce
+	// it do they send cmdWindowUpdate; deployed peers ignore the key and never see the command.
+	settingWindow = "x-anytls-window"
 )
 
 // Settings is a parsed settings text (`key=value` lines separated by `\n`).
@@ -59,6 +63,22 @@ func (s Settings) Encode() []byte {
 		b.WriteString(s[k])
 	}
 	return []byte(b.String())
+}
+
+// window returns the receive window announced with settingWindow, or 0 if absent or invalid.
+func (s Settings) window() int64 {
+	v := s[settingWindow]
+	if v == "" || len(v) > 10 {
+		return 0
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return min(n, 1<<30)
 }
 
 // Version returns the integer value of v=, or 1 when missing or malformed (a v1 peer).

@@ -32,6 +32,7 @@ type Stream struct {
 	werr     error         // writes fail with this
 	readable chan struct{} // cap 1: data or rerr arrived
 	space    chan struct{} // cap 1: the reader freed buffer space
+	credit   chan struct{} // cap 1: the peer granted room, or the stream failed (flow control)
 	closed   bool          // Close called
 	wclosed  bool          // CloseWrite or Close called
 	finSent  bool
@@ -53,6 +54,13 @@ type Stream struct {
 	migrating   bool
 	gotData     bool
 
+	// flow control (settingWindow), counted per session the stream is on
+	sent       int64       // data bytes sent, the address included
+	granted    int64       // bytes the peer's reader consumed (cmdWindowUpdate)
+	unacked    int64       // bytes our reader consumed and we have not granted back yet
+	reads      int64       // reads that consumed data, for stall detection
+	stallTimer *time.Timer // buffer over half full with flow control on: reset if no reads
+
 	// server side
 	reported   bool
 	earlyAcked bool
@@ -73,6 +81,7 @@ func newStream(sess *session, id uint32, dest Addr) *Stream {
 		isClient: sess != nil && sess.isClient,
 		readable: make(chan struct{}, 1),
 		space:    make(chan struct{}, 1),
+		credit:   make(chan struct{}, 1),
 		rdl:      makeDeadline(),
 		wdl:      makeDeadline(),
 	}
@@ -158,8 +167,24 @@ func (st *Stream) readLocked(b []byte) int {
 		st.rq = nil
 	}
 	st.rbytes -= n
-	notify(st.space)
+	st.consumedLocked(n)
 	return n
+}
+
+// consumedLocked records that the reader consumed n bytes: the pusher may go on, and with flow
+// control on the peer is granted the room back once a quarter of the window was consumed.
+func (st *Stream) consumedLocked(n int) {
+	notify(st.space)
+	s := st.sess
+	if n <= 0 || s == nil {
+		return
+	}
+	st.reads++
+	st.unacked += int64(n)
+	if s.flowControl.Load() && st.unacked >= int64(s.cfg.bufferSize)/4 {
+		s.sendWindowUpdate(st.id, st.unacked)
+		st.unacked = 0
+	}
 }
 
 // WriteTo writes buffered data straight from the receive buffers to w (saves a copy).
@@ -177,7 +202,7 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 			}
 			st.roff = 0
 			st.rbytes -= len(c)
-			notify(st.space)
+			st.consumedLocked(len(c))
 			st.mu.Unlock()
 			n, err := w.Write(c)
 			putBuf(chunk)
@@ -262,11 +287,61 @@ func (st *Stream) push(s *session, data []byte, limit int, stallTimeout time.Dur
 	}
 	st.rq = append(st.rq, data)
 	st.rbytes += len(data)
+	if s.flowControl.Load() && st.stallTimer == nil && st.rbytes > s.cfg.bufferSize/2 {
+		// With flow control the sender stops by itself and nothing here blocks; a reader that
+		// makes no progress for stallTimeout still has its stream reset, as without it.
+		reads := st.reads
+		st.stallTimer = time.AfterFunc(stallTimeout, func() { st.stallCheck(s, reads, stallTimeout) })
+	}
 	st.gotData = true
 	st.replayOff = true
 	st.replay = nil
 	st.mu.Unlock()
 	notify(st.readable)
+}
+
+// stallCheck resets the stream if its reader consumed nothing since the timer was armed while
+// the buffer stayed over half full (flow control on).
+func (st *Stream) stallCheck(s *session, reads int64, d time.Duration) {
+	st.mu.Lock()
+	if st.stallTimer == nil || st.sess != s || st.closed || st.rerr != nil || st.rbytes <= s.cfg.bufferSize/2 {
+		st.stallTimer = nil
+		st.mu.Unlock()
+		return
+	}
+	if st.reads != reads { // progress: a slow reader, not a stalled one; look again later
+		r := st.reads
+		st.stallTimer = time.AfterFunc(d, func() { st.stallCheck(s, r, d) })
+		st.mu.Unlock()
+		return
+	}
+	st.stallTimer = nil
+	buffered := st.rbytes
+	st.mu.Unlock()
+	s.cfg.logger.Warn("anytls: stream reader stalled, resetting stream", "stream", st.id, "buffered", buffered)
+	st.reset(ErrStreamStalled, true)
+}
+
+// waitCredit blocks while flow control is on and the peer has granted no room. Failures
+// (deadline, reset, session end) are left for the caller's own checks. Caller holds wmu.
+func (st *Stream) waitCredit() {
+	for {
+		st.mu.Lock()
+		s := st.sess
+		if s == nil || !s.flowControl.Load() || st.closed || st.werr != nil ||
+			s.peerWindow.Load()+st.granted-st.sent > 0 {
+			st.mu.Unlock()
+			return
+		}
+		st.mu.Unlock()
+		select {
+		case <-st.credit:
+		case <-st.wdl.wait():
+			return
+		case <-s.die:
+			return
+		}
+	}
 }
 
 // Write sends b as one or more frames (at most MaxFrameData bytes each).
@@ -341,6 +416,7 @@ func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 // writeFrameLocked writes buf[HeaderSize:HeaderSize+n] as a PSH frame; buf[:HeaderSize] is
 // scratch for the header. A pending SYN goes out in the same packet. Caller holds st.wmu.
 func (st *Stream) writeFrameLocked(buf []byte, n int) error {
+	st.waitCredit()
 	st.mu.Lock()
 	// As on a socket: closed first, then a passed deadline, then the stream's own error.
 	if isClosedChan(st.wdl.wait()) && !st.closed {
@@ -352,6 +428,7 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 		return err
 	}
 	s, id := st.sess, st.id
+	st.sent += int64(n)
 	pending := st.pending
 	st.pending = nil
 	if st.flushTimer != nil {
@@ -553,6 +630,7 @@ func (st *Stream) Close() error {
 	st.mu.Unlock()
 	notify(st.readable)
 	notify(st.space)
+	notify(st.credit)
 	st.rdl.stop()
 	st.wdl.stop()
 	st.reportBytes()
@@ -576,12 +654,12 @@ func (st *Stream) freeLocked() {
 }
 
 func (st *Stream) stopTimersLocked() {
-	for _, t := range []*time.Timer{st.flushTimer, st.synAckTimer, st.earlyTimer} {
+	for _, t := range []*time.Timer{st.flushTimer, st.synAckTimer, st.earlyTimer, st.stallTimer} {
 		if t != nil {
 			t.Stop()
 		}
 	}
-	st.flushTimer, st.synAckTimer, st.earlyTimer = nil, nil, nil
+	st.flushTimer, st.synAckTimer, st.earlyTimer, st.stallTimer = nil, nil, nil, nil
 }
 
 // remoteFin handles cmdFIN from the peer (session reader).
@@ -605,6 +683,7 @@ func (st *Stream) remoteFin(s *session) {
 	st.stopTimersLocked()
 	st.mu.Unlock()
 	notify(st.readable)
+	notify(st.credit)
 	if remove {
 		s.removeStream(st)
 	}
@@ -628,6 +707,7 @@ func (st *Stream) reset(err error, sendFin bool) {
 	st.mu.Unlock()
 	notify(st.readable)
 	notify(st.space)
+	notify(st.credit)
 	if sendFin {
 		var abort []byte
 		if s.halfClose.Load() {
@@ -653,6 +733,7 @@ func (st *Stream) sessionDone(err error) {
 	st.mu.Unlock()
 	notify(st.readable)
 	notify(st.space)
+	notify(st.credit)
 }
 
 // synAck handles cmdSYNACK (client).

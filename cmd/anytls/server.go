@@ -282,6 +282,7 @@ func serverMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&cfg.KeyFile, "key", "", "TLS private key `file` (PEM), with --cert")
 	fs.StringVar(&cfg.PaddingSchemeFile, "padding-scheme", "", "padding scheme `file` pushed to clients (default: the protocol's default scheme)")
 	fs.StringVar(&cfg.Fallback, "fallback", "", "`host:port` that receives connections failing authentication, over plain TCP (e.g. a local web server)")
+	fs.BoolVar(&cfg.Options.PadDownstream, "pad-downstream", false, "pad the server's first packets of each session with the padding scheme too (clients discard the padding)")
 	fs.BoolVar(&cfg.AllowPrivate, "allow-private", false, "permit destinations on loopback, private, link-local and unspecified addresses")
 	fs.StringVar(&cfg.StateDir, "state", "", "state `directory` for the generated certificate (default: anytls under the user's config directory)")
 	fs.StringVar(&cfg.PublicHost, "public-host", "", "`host` written into the share link (default: the listening IP, else the first non-loopback address)")
