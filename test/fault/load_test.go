@@ -137,7 +137,9 @@ func loadTest(t *testing.T, p loadParams) {
 	rssBefore := rssAfterSettle(t)
 	gBefore := runtime.NumGoroutine()
 	w := newTCPWorld(t, protocol.ServerConfig{Logger: quiet})
-	c := w.client(t, protocol.ClientConfig{MaxStreamsPerSession: p.perSession, Logger: quiet})
+	// A generous SYNACK wait: under -race on a loaded CI machine a thousand streams opened at
+	// once can wait longer than the default 10 s for their answer; this test is about bytes.
+	c := w.client(t, protocol.ClientConfig{MaxStreamsPerSession: p.perSession, SynAckTimeout: time.Minute, Logger: quiet})
 	f := runLoad(t, c, p)
 	rssPeak := rssBytes(t)
 	c.Close()
