@@ -10,10 +10,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/anytls-engine/anytls/adapter/metrics"
 	"github.com/anytls-engine/anytls/option"
 	"github.com/anytls-engine/anytls/protocol"
 )
@@ -34,8 +37,14 @@ func init() {
 type serverConfig struct {
 	// Listen is the TCP address to listen on (host:port).
 	Listen string
-	// Password of the single user.
+	// Password of an unnamed user (-p); Password, UsersFile or both.
 	Password string
+	// UsersFile is a JSON users list (userfile), reloaded on SIGHUP and when it changes.
+	UsersFile string
+	// MetricsListen, if set, serves Prometheus metrics at /metrics on this host:port.
+	MetricsListen string
+	// onReload, if set, learns the result of every users reload (tests).
+	onReload func(error)
 	// CertFile and KeyFile: a PEM certificate and key. Empty: a self-signed certificate kept in
 	// StateDir.
 	CertFile, KeyFile string
@@ -65,6 +74,7 @@ type server struct {
 	out        *outbound
 	link       option.Link
 	selfSigned bool
+	ops        serverOps
 
 	mu        sync.Mutex
 	closed    bool
@@ -79,14 +89,18 @@ func startServer(ctx context.Context, cfg serverConfig) (*server, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if cfg.Password == "" {
-		return nil, errors.New("a password is required (-p PASSWORD)")
+	if cfg.Password == "" && cfg.UsersFile == "" {
+		return nil, errors.New("a password (-p PASSWORD) or a users file (--users FILE) is required")
 	}
 	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
 		return nil, errors.New("--cert and --key go together")
 	}
 	opts := cfg.Options
-	opts.Users = []option.User{{Password: cfg.Password}}
+	users, err := cfg.users()
+	if err != nil {
+		return nil, err
+	}
+	opts.Users = users
 	opts.Fallback = cfg.Fallback
 	if cfg.PaddingSchemeFile != "" {
 		text, err := os.ReadFile(cfg.PaddingSchemeFile)
@@ -111,9 +125,17 @@ func startServer(ctx context.Context, cfg serverConfig) (*server, error) {
 	}
 	pcfg.Handler = s.handle
 	pcfg.Logger = log
+	if cfg.MetricsListen != "" {
+		s.ops.metrics = metrics.New()
+		pcfg.Metrics = s.ops.metrics
+	}
 	s.engine, err = protocol.NewServer(pcfg)
 	if err != nil {
 		return nil, err
+	}
+	s.setUsers(users)
+	if s.ops.metrics != nil {
+		s.ops.metrics.Watch(s.engine)
 	}
 
 	var cert tls.Certificate
@@ -154,6 +176,10 @@ func startServer(ctx context.Context, cfg serverConfig) (*server, error) {
 	port, _ := strconv.Atoi(portOf(ln.Addr()))
 	s.link = option.Link{Password: cfg.Password, Host: host, Port: uint16(port), Insecure: s.selfSigned, Label: "anytls"}
 
+	if err := s.startOps(); err != nil {
+		ln.Close()
+		return nil, err
+	}
 	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	go func() {
 		defer close(s.done)
@@ -188,6 +214,7 @@ func (s *server) Close() error {
 		s.engine.Close()
 		<-s.done
 		s.streams.Wait()
+		s.stopOps()
 	})
 	return nil
 }
@@ -272,12 +299,14 @@ func portOf(a net.Addr) string {
 
 // serverMain runs the server command until ctx is done.
 func serverMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("server", "-l ADDR -p PASSWORD [flags]")
+	fs := newFlagSet("server", "-l ADDR (-p PASSWORD | --users FILE) [flags]")
 	fs.SetOutput(stderr)
 	var cfg serverConfig
 	var verbose bool
 	fs.StringVar(&cfg.Listen, "l", ":8443", "listen `address` (host:port)")
-	fs.StringVar(&cfg.Password, "p", "", "`password` clients authenticate with (required)")
+	fs.StringVar(&cfg.Password, "p", "", "`password` clients authenticate with (-p, --users or both)")
+	fs.StringVar(&cfg.UsersFile, "users", "", "users `file`: a JSON list [{\"name\": \"bob\", \"password\": \"...\"}], reloaded on SIGHUP and when it changes")
+	fs.StringVar(&cfg.MetricsListen, "metrics", "", "serve Prometheus metrics at http://`host:port`/metrics (e.g. 127.0.0.1:9090)")
 	fs.StringVar(&cfg.CertFile, "cert", "", "TLS certificate `file` (PEM); without it a self-signed certificate is generated and kept in the state directory")
 	fs.StringVar(&cfg.KeyFile, "key", "", "TLS private key `file` (PEM), with --cert")
 	fs.StringVar(&cfg.PaddingSchemeFile, "padding-scheme", "", "padding scheme `file` pushed to clients (default: the protocol's default scheme)")
@@ -290,8 +319,8 @@ func serverMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if cfg.Password == "" {
-		fmt.Fprintln(fs.Output(), "flag -p PASSWORD is required")
+	if cfg.Password == "" && cfg.UsersFile == "" {
+		fmt.Fprintln(fs.Output(), "flag -p PASSWORD or --users FILE is required")
 		fs.Usage()
 		return errUsage
 	}
@@ -304,8 +333,33 @@ func serverMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if s.selfSigned {
 		fmt.Fprintln(stdout, "the certificate is self-signed: clients skip verification (insecure=1 in the link)")
 	}
-	fmt.Fprintf(stdout, "share link: %s\n", s.Link())
-	<-ctx.Done()
+	if cfg.Password != "" {
+		fmt.Fprintf(stdout, "share link: %s\n", s.Link())
+	}
+	if cfg.UsersFile != "" {
+		l := s.Link()
+		insecure := ""
+		if l.Insecure {
+			insecure = " --insecure"
+		}
+		fmt.Fprintf(stdout, "users from %s (reloaded on SIGHUP and when it changes); a user's share link: anytls link --users %s --user NAME --host %s --port %d%s\n",
+			cfg.UsersFile, cfg.UsersFile, l.Host, l.Port, insecure)
+	}
+	if a := s.MetricsAddr(); a != nil {
+		fmt.Fprintf(stdout, "metrics at http://%s/metrics\n", a)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			s.Reload("SIGHUP")
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
 	cfg.Logger.Info("shutting down")
 	return s.Close()
 }
