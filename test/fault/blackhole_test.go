@@ -169,3 +169,36 @@ func TestBlackholeEveryConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestBlackholeTCP is TestBlackholeInUse on real loopback TCP, in real time, with short
+// heartbeats: the detection works through a real socket under real TLS, not only in a bubble.
+func TestBlackholeTCP(t *testing.T) {
+	const interval, timeout = 300 * time.Millisecond, 300 * time.Millisecond
+	w := newTCPWorld(t, protocol.ServerConfig{})
+	c := w.client(t, protocol.ClientConfig{HeartbeatInterval: interval, HeartbeatTimeout: timeout})
+	ctx := context.Background()
+	st, err := c.OpenStream(ctx, echoDest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := echoOn(st, 5000, 9); err != nil {
+		t.Fatal(err)
+	}
+	w.conn(0).SetMode(Blackhole)
+	t0 := time.Now()
+	var b [1]byte
+	_, err = st.Read(b[:])
+	detect := time.Since(t0)
+	if !errors.Is(err, protocol.ErrHeartbeatTimeout) {
+		t.Fatalf("stream in flight failed with %v, want ErrHeartbeatTimeout", err)
+	}
+	if err := echoOnce(ctx, c, 5000); err != nil {
+		t.Fatalf("next stream: %v", err)
+	}
+	t.Logf("real TCP: heartbeat %v + %v, blackhole detected after %v, next stream ok after %v", interval, timeout, detect.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	// interval + timeout, plus scheduling slack on a loaded machine
+	if detect > interval+timeout+2*time.Second {
+		t.Errorf("detection took %v", detect)
+	}
+}

@@ -29,6 +29,8 @@ func fuzzSeeds() [][]byte {
 		j(v2, frame(protocol.CmdSYN, 1, nil), frame(protocol.CmdPSH, 1, []byte{9})),
 		j(v2, frame(protocol.CmdUpdatePaddingScheme, 0, []byte("stop=1\n0=1-1")), frame(protocol.CmdAlert, 0, []byte("x"))),
 		j(settingsFrame("v=999999999999999999"), frame(protocol.CmdSYNACK, 1, []byte("err"))),
+		j(settingsFrame(v2Settings+"\nx-anytls-window=1000"), open(1, sourceDest), frame(0xE0, 1, []byte{0, 0, 4, 0}),
+			frame(0xE0, 1, []byte{0, 1}), frame(protocol.CmdFIN, 1, nil)),
 		frame(protocol.CmdPSH, 1, make([]byte, 100))[:50],
 		{},
 	}

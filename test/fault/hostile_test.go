@@ -376,6 +376,25 @@ func hostileCases() []hostileCase {
 			},
 		},
 		{
+			name: "window update (0xE0) where flow control was not negotiated, or with a length other than 4", reaction: "skip",
+			settings: v2Settings,
+			run: func(t *testing.T, w *pipeWorld, r *rawClient, m *metrics) {
+				r.send(frame(0xE0, 1, []byte{0, 0, 1, 0}), frame(0xE0, 1, []byte{1, 2, 3}))
+				if err := r.works(1); err != nil {
+					t.Fatal(err)
+				}
+				r2 := w.rawDial(t, auth, settingsFrame(v2Settings+"\nx-anytls-window=65536"))
+				f, ok := r2.fr.until(protocol.CmdServerSettings, 0, 5*time.Second)
+				if !ok || !strings.Contains(string(f.Data), "x-anytls-window=") {
+					t.Fatalf("server settings %q: flow control not offered back", f.Data)
+				}
+				r2.send(frame(0xE0, 1, []byte{1, 2, 3}), frame(0xE0, 1, make([]byte, 100)), frame(0xE0, 99, []byte{255, 255, 255, 255}))
+				if err := r2.works(1); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
 			name: "heartbeat requests flooded, answers never read", reaction: "session close (control queue bound)",
 			settings: v2Settings,
 			run: func(t *testing.T, w *pipeWorld, r *rawClient, m *metrics) {

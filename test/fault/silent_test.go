@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -177,4 +178,53 @@ func TestIdleSessions(t *testing.T) {
 			t.Errorf("%d sessions left (only the real client's may remain)", n)
 		}
 	})
+}
+
+// TestSoakSilentTCP is TestSilentConnections on real loopback sockets in real time (make soak):
+// 1000 TCP connections that never send a byte and 1000 that complete TLS and go silent, against
+// a server with a 3 s authentication timeout, while a real client keeps working.
+func TestSoakSilentTCP(t *testing.T) {
+	if !soak() {
+		t.Skip("long form: make soak (ANYTLS_SOAK=1)")
+	}
+	const authTimeout = 3 * time.Second
+	m := newMetrics()
+	w := newTCPWorld(t, protocol.ServerConfig{AuthTimeout: authTimeout, Metrics: m, Logger: quiet})
+	c := w.client(t, protocol.ClientConfig{Logger: quiet})
+	stop := make(chan struct{})
+	done, ok, failed := worker(c, stop)
+	cw := &closeWatch{start: time.Now()}
+	for i := range 2 * silentCount {
+		conn, err := net.Dial("tcp", w.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i >= silentCount {
+			tc := tls.Client(conn, clientTLS())
+			if err := tc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			conn = tc
+		}
+		cw.watch(conn)
+	}
+	opened := time.Since(cw.start)
+	if !waitUntil(authTimeout+opened+10*time.Second, func() bool { return cw.count() == 2*silentCount }) {
+		t.Errorf("only %d of %d silent connections freed", cw.count(), 2*silentCount)
+	}
+	close(stop)
+	<-done
+	cw.wg.Wait()
+	cw.mu.Lock()
+	slices.Sort(cw.times)
+	first, last := cw.times[0], cw.times[len(cw.times)-1]
+	cw.mu.Unlock()
+	t.Logf("real TCP: %d silent TCP + %d silent TLS connections opened in %v; all freed between %v and %v (auth timeout %v); AuthFailed %d; real client %d ok, %d failed",
+		silentCount, silentCount, opened.Round(time.Millisecond), first.Round(time.Millisecond), last.Round(time.Millisecond), authTimeout, m.count("auth_failed"), ok.Load(), failed.Load())
+	if first < authTimeout-time.Second/2 {
+		t.Errorf("a silent connection was closed after %v, before the authentication timeout", first)
+	}
+	if failed.Load() != 0 || ok.Load() == 0 {
+		t.Errorf("real client: %d ok, %d failed", ok.Load(), failed.Load())
+	}
 }
