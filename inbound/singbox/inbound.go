@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/anytls-engine/anytls/internal/sbhost"
@@ -80,6 +82,7 @@ type Inbound struct {
 	tlsConfig tls.ServerConfig
 	server    *protocol.Server
 	fallback  M.Socksaddr
+	usersMu   sync.Mutex // guards effective.Users
 	effective aoption.ServerOptions
 }
 
@@ -156,7 +159,35 @@ func NewInbound(ctx context.Context, router adapter.Router, logger log.ContextLo
 }
 
 // EffectiveOptions returns the protocol options in effect, defaults filled in.
-func (h *Inbound) EffectiveOptions() aoption.ServerOptions { return h.effective }
+func (h *Inbound) EffectiveOptions() aoption.ServerOptions {
+	h.usersMu.Lock()
+	defer h.usersMu.Unlock()
+	o := h.effective
+	o.Users = slices.Clone(o.Users)
+	return o
+}
+
+// UpdateUsers gives the running inbound new users without a restart: sessions of users still
+// present (same name and password) keep running, the others' sessions are closed, new users can
+// connect at once. The users are checked as at creation; on error nothing changes.
+func (h *Inbound) UpdateUsers(users []option.AnyTLSUser) error {
+	h.usersMu.Lock()
+	defer h.usersMu.Unlock()
+	next := h.effective
+	next.Users = make([]aoption.User, len(users))
+	for i, u := range users {
+		next.Users[i] = aoption.User{Name: u.Name, Password: u.Password}
+	}
+	cfg, err := next.ProtocolConfig(nil)
+	if err != nil {
+		return err
+	}
+	if err := h.server.UpdateUsers(cfg.Users); err != nil {
+		return err
+	}
+	h.effective = next
+	return nil
+}
 
 // Start starts the TLS config and the listener.
 func (h *Inbound) Start(stage adapter.StartStage) error {

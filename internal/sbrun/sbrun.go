@@ -249,7 +249,9 @@ func Start(ctx context.Context, options option.Options) (*box.Box, context.Cance
 }
 
 // Run runs the configuration until ctx ends or SIGINT/SIGTERM arrives; SIGHUP re-reads it and
-// restarts (a configuration that does not check keeps the running one), as `sing-box run`.
+// restarts (a configuration that does not check keeps the running one), as `sing-box run`,
+// except when only the users of anytls inbounds changed: those are updated in place
+// (ReloadUsers) and no session of a remaining user is dropped.
 // ctx must carry the registries.
 func Run(ctx context.Context, c Config, disableColor bool) error {
 	options, err := c.Read(ctx)
@@ -286,6 +288,16 @@ func Run(ctx context.Context, c Config, disableColor bool) error {
 				}
 				if err != nil {
 					log.Error(E.Cause(err, "reload service"))
+					continue
+				}
+				if inPlace, tags, err := ReloadUsers(ctx, instance, options, next); inPlace {
+					// Only anytls users changed: no restart, the other users' sessions go on.
+					if err != nil {
+						log.Error(E.Cause(err, "reload users"))
+						continue
+					}
+					log.Info("reload: users of anytls inbound ", strings.Join(tags, ", "), " updated in place")
+					options = next
 					continue
 				}
 				options, reload = next, true
