@@ -25,6 +25,7 @@ func TestMain(m *testing.M) {
 func TestSmoke(t *testing.T) {
 	cfg := config{
 		Runs:          1,
+		MemRuns:       1,
 		Impls:         allImpls,
 		Metrics:       allMetrics,
 		Bytes:         4 << 20,

@@ -193,8 +193,12 @@ func acceptLoop(ln net.Listener, serve func(net.Conn)) func() {
 		defer wg.Done()
 		for {
 			c, err := ln.Accept()
-			if err != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if err != nil { // out of file descriptors, for one: keep serving the others
+				time.Sleep(10 * time.Millisecond)
+				continue
 			}
 			mu.Lock()
 			conns[c] = struct{}{}
@@ -243,10 +247,18 @@ func (e *env) startPlainServer(useTLS bool) (*server, error) {
 		if err != nil {
 			return
 		}
+		if !useTLS {
+			// Copy through user space as over TLS: no splice(2), whose pipes would also
+			// cost two file descriptors per direction of every idle connection.
+			c, t = plainConn{c}, plainConn{t}
+		}
 		relay(c, t)
 	})
 	return &server{addr: addr, stop: stop}, nil
 }
+
+// plainConn hides a connection's io.ReaderFrom and io.WriterTo.
+type plainConn struct{ net.Conn }
 
 type plainClient struct {
 	addr string

@@ -15,6 +15,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -39,6 +40,7 @@ const (
 // config is one benchmark run.
 type config struct {
 	Runs          int
+	MemRuns       int // memory figures vary little between runs
 	Impls         []string
 	Metrics       []string
 	Bytes         int64 // single stream, per direction
@@ -62,6 +64,7 @@ var allMetrics = []string{metricBulk, metricParallel, metricLatency, metricFirst
 func defaultConfig() config {
 	return config{
 		Runs:          3,
+		MemRuns:       1,
 		Impls:         allImpls,
 		Metrics:       allMetrics,
 		Bytes:         1 << 30,
@@ -87,6 +90,7 @@ func main() {
 	metrics := flag.String("metrics", strings.Join(cfg.Metrics, ","), "metrics to measure")
 	mem := flag.String("mem", "1000,5000", "concurrent idle streams, one session each (comma-separated)")
 	flag.IntVar(&cfg.Runs, "runs", cfg.Runs, "repetitions; the report gives medians")
+	flag.IntVar(&cfg.MemRuns, "mem-runs", cfg.MemRuns, "repetitions of the memory measurements")
 	flag.Int64Var(&cfg.Bytes, "bytes", cfg.Bytes, "bytes per direction, single stream")
 	flag.Int64Var(&cfg.ParBytes, "par-bytes", cfg.ParBytes, "bytes per direction, all parallel streams together")
 	flag.IntVar(&cfg.ParStreams, "par-streams", cfg.ParStreams, "parallel streams")
@@ -187,7 +191,8 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
 
-// run measures everything cfg asks for. On an error it returns what it has so far.
+// run measures everything cfg asks for. A job that fails is reported and the others go on:
+// the error lists the failures.
 func run(cfg config) (*results, error) {
 	res := newResults()
 	var memTarget *target
@@ -201,8 +206,16 @@ func run(cfg config) (*results, error) {
 			return nil, err
 		}
 	}
-	for r := range cfg.Runs {
+	var failures []error
+	for r := range max(cfg.Runs, cfg.MemRuns) {
 		for _, metric := range cfg.Metrics {
+			runs := cfg.Runs
+			if metric == metricMem {
+				runs = cfg.MemRuns
+			}
+			if r >= runs {
+				continue
+			}
 			var jobs []job
 			switch metric {
 			case metricBulk:
@@ -245,19 +258,20 @@ func run(cfg config) (*results, error) {
 				if cfg.ProfileDir != "" && slices.Contains(cfg.ProfileImpls, j.Impl) {
 					j.Profile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-%s-run%d-%d.pprof", metric, j.Impl, r+1, i))
 				}
-				fmt.Fprintf(cfg.Progress, "run %d/%d: %s %s%s ...", r+1, cfg.Runs, metric, j.Impl, j.detail())
+				fmt.Fprintf(cfg.Progress, "run %d/%d: %s %s%s ...", r+1, runs, metric, j.Impl, j.detail())
 				t0 := time.Now()
 				out, err := runChild(cfg, j)
 				if err != nil {
-					fmt.Fprintln(cfg.Progress, " failed")
-					return res, err
+					fmt.Fprintf(cfg.Progress, " failed: %v\n", err)
+					failures = append(failures, fmt.Errorf("run %d: %w", r+1, err))
+					continue
 				}
 				fmt.Fprintf(cfg.Progress, " %.1fs\n", time.Since(t0).Seconds())
 				res.add(j, out)
 			}
 		}
 	}
-	return res, nil
+	return res, errors.Join(failures...)
 }
 
 func (j job) detail() string {
