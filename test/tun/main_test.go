@@ -1,7 +1,6 @@
 package tun
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -9,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,11 +27,20 @@ const (
 )
 
 var (
-	skipped   bool   // ANYTLS_SKIP_TUN=1
-	envErr    error  // what this machine lacks (root, ip, /dev/net/tun)
-	anytlsBin string // bin/anytls, built once in TestMain
-	buildErr  error
-	selfBin   string // this test binary, re-executed for the helper roles
+	skipped bool   // ANYTLS_SKIP_TUN=1
+	envErr  error  // what this machine lacks (root, ip, /dev/net/tun)
+	selfBin string // this test binary, re-executed for the helper roles
+
+	anytlsBin string // cmd/anytls, built by the first test that needs it (buildOnce)
+	binDir    string
+	buildOnce = sync.OnceValue(func() error {
+		var err error
+		if binDir, err = os.MkdirTemp("", "anytls-tun-bin-"); err != nil {
+			return err
+		}
+		anytlsBin = filepath.Join(binDir, "anytls")
+		return buildAnytls(anytlsBin)
+	})
 )
 
 func TestMain(m *testing.M) {
@@ -45,19 +54,12 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	envErr = checkPrerequisites()
-	var tmp string
 	if envErr == nil {
 		var err error
 		if selfBin, err = os.Executable(); err != nil {
 			envErr = err
 		}
 		sweepStale()
-		if tmp, err = os.MkdirTemp("", "anytls-tun-bin-"); err != nil {
-			buildErr = err
-		} else {
-			anytlsBin = filepath.Join(tmp, "anytls")
-			buildErr = buildAnytls(anytlsBin)
-		}
 	}
 	// Whatever happens, nothing the tests created outlives them: a deferred cleanup after the
 	// tests, one on SIGINT/SIGTERM, and one shortly before go test's -timeout would kill the
@@ -82,8 +84,8 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	cleanupAll()
-	if tmp != "" {
-		os.RemoveAll(tmp)
+	if binDir != "" {
+		os.RemoveAll(binDir)
 	}
 	os.Exit(code)
 }
@@ -109,7 +111,7 @@ func checkPrerequisites() error {
 		strings.Join(missing, "; "), skipEnv)
 }
 
-// buildAnytls builds cmd/anytls once, with the Makefile's tags.
+// buildAnytls builds cmd/anytls with the Makefile's tags.
 func buildAnytls(out string) error {
 	start := time.Now()
 	// -s -w (as make release) only leaves out the symbol tables: linking is much faster.
@@ -130,10 +132,7 @@ func requireTUN(t *testing.T) {
 	if envErr != nil {
 		t.Fatal(envErr)
 	}
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	if anytlsBin == "" {
-		t.Fatal(errors.New("anytls binary not built"))
+	if err := buildOnce(); err != nil {
+		t.Fatal(err)
 	}
 }

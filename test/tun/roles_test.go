@@ -81,6 +81,7 @@ func runTarget() error {
 		io.WriteString(w, unmap(host))
 	})
 	mux.HandleFunc("/blob", serveBlob)
+	mux.HandleFunc("/sink", serveSink)
 	ln, err := net.Listen("tcp", ":"+httpPort) // readiness is probed on this port: open it last
 	if err != nil {
 		return err
@@ -130,6 +131,18 @@ func serveBlob(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Seen", unmap(host))
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	io.Copy(w, io.LimitReader(blobStream(seed), size))
+}
+
+// serveSink reads the request body and answers "SOURCE BYTES SHA256".
+func serveSink(w http.ResponseWriter, r *http.Request) {
+	sum := sha256.New()
+	n, err := io.Copy(sum, r.Body)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("after %d bytes: %v", n, err), http.StatusBadRequest)
+		return
+	}
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	fmt.Fprintf(w, "%s %d %x", unmap(host), n, sum.Sum(nil))
 }
 
 // dnsAnswer answers the test names; other names are NXDOMAIN.
@@ -221,7 +234,8 @@ func serveDNSTCP(ln net.Listener) {
 // ---- probe: a plain program in the client namespace (no proxy settings) ----
 
 // check is one probe: kind "dns" (resolve the test names, and ask whoamiName who asked),
-// "http" (GET /whoami), "udp" (datagrams to the echo server) or "bulk" (GET /blob, checked).
+// "http" (GET /whoami), "udp" (datagrams to the echo server), "bulk" (GET /blob, checked) or
+// "upload" (POST to /sink, which returns the checksum).
 // Addr is host:port, by name or address; Want is the address the target must report.
 type check struct {
 	Kind string
@@ -306,6 +320,8 @@ func runCheck(c check, timeout time.Duration) (r result) {
 		r.Seen, err = checkUDP(ctx, c)
 	case "bulk":
 		r.Seen, r.Bytes, r.Seconds, err = checkBulk(ctx, c)
+	case "upload":
+		r.Seen, r.Bytes, r.Seconds, err = checkUpload(ctx, c)
 	default:
 		err = fmt.Errorf("unknown check %q", c.Kind)
 	}
@@ -429,6 +445,39 @@ func checkBulk(ctx context.Context, c check) (seen string, n int64, seconds floa
 	io.Copy(want, io.LimitReader(blobStream(bulkSeed), c.Size))
 	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
 		return seen, n, seconds, errors.New("checksum mismatch: sha256 " + hex.EncodeToString(got.Sum(nil)) + ", want " + hex.EncodeToString(want.Sum(nil)))
+	}
+	return seen, n, seconds, nil
+}
+
+// checkUpload sends Size bytes and compares the SHA-256 the target computed with its own.
+func checkUpload(ctx context.Context, c check) (seen string, n int64, seconds float64, err error) {
+	sent := sha256.New()
+	body := io.TeeReader(io.LimitReader(blobStream(bulkSeed+1), c.Size), sent)
+	start := time.Now()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+c.Addr+"/sink", body)
+	req.ContentLength = c.Size
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(resp.Body)
+	seconds = time.Since(start).Seconds()
+	if err != nil {
+		return "", 0, seconds, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", 0, seconds, fmt.Errorf("status %s: %s", resp.Status, bytes.TrimSpace(answer))
+	}
+	var sum string
+	if _, err := fmt.Sscanf(string(answer), "%s %d %s", &seen, &n, &sum); err != nil {
+		return "", 0, seconds, fmt.Errorf("answer %q: %v", answer, err)
+	}
+	if n != c.Size {
+		return seen, n, seconds, fmt.Errorf("the target received %d bytes, want %d", n, c.Size)
+	}
+	if want := hex.EncodeToString(sent.Sum(nil)); sum != want {
+		return seen, n, seconds, fmt.Errorf("checksum mismatch: the target got sha256 %s, sent %s", sum, want)
 	}
 	return seen, n, seconds, nil
 }

@@ -51,7 +51,9 @@ func newRig(t *testing.T, singbox, mihomo bool) *rig {
 	// The probe works: from the server namespace, the target is reached directly and sees the
 	// server's addresses.
 	// The bulk figure is the direct path's, for comparison with the tunnel's.
-	control := append(directChecks(true), check{Kind: "bulk", Addr: hostPort(targetIP4, 80), Want: egressIP4, Size: bulkSize, Timeout: 2 * time.Minute})
+	control := append(directChecks(true),
+		check{Kind: "bulk", Addr: hostPort(targetIP4, 80), Want: egressIP4, Size: bulkSize, Timeout: 2 * time.Minute},
+		check{Kind: "upload", Addr: hostPort(targetIP4, 80), Want: egressIP4, Size: bulkSize, Timeout: 2 * time.Minute})
 	r.expect(t, r.server, "control probe from the server namespace", true, control)
 	// Without a tunnel the client has no path to the target.
 	r.expect(t, r.client, "before any client runs", false, directChecks(false))
@@ -77,7 +79,7 @@ func directChecks(want bool) []check {
 }
 
 // tunChecks is what a device behind the TUN does: resolve and use names, IPv4 and IPv6, TCP
-// and UDP, and a large download.
+// and UDP, and a large download and upload.
 func tunChecks() []check {
 	return []check{
 		{Kind: "dns", Want: egressIP4},
@@ -88,6 +90,7 @@ func tunChecks() []check {
 		{Kind: "udp", Addr: hostPort(testName, 7), Want: egressIP4},
 		{Kind: "udp", Addr: hostPort(testName6, 7), Want: egressIP6},
 		{Kind: "bulk", Addr: hostPort(testName, 80), Want: egressIP4, Size: bulkSize, Timeout: 2 * time.Minute},
+		{Kind: "upload", Addr: hostPort(testName, 80), Want: egressIP4, Size: bulkSize, Timeout: 2 * time.Minute},
 	}
 }
 
@@ -125,8 +128,12 @@ func (r *rig) expect(t *testing.T, ns, what string, pass bool, checks []check) [
 		case !pass && res.OK:
 			t.Errorf("%s: %v succeeded (target saw %s); it must fail without the tunnel", what, res.Check, res.Seen)
 		case pass:
-			if res.Check.Kind == "bulk" {
-				t.Logf("%s: %v: %d MiB in %.2fs = %.1f MB/s, sha256 ok (target saw %s)", what, res.Check, res.Bytes>>20, res.Seconds, float64(res.Bytes)/res.Seconds/1e6, res.Seen)
+			if res.Check.Kind == "bulk" || res.Check.Kind == "upload" {
+				dir := "download"
+				if res.Check.Kind == "upload" {
+					dir = "upload"
+				}
+				t.Logf("%s: %s %d MiB in %.2fs = %.1f MB/s, sha256 ok (target saw %s)", what, dir, res.Bytes>>20, res.Seconds, float64(res.Bytes)/res.Seconds/1e6, res.Seen)
 			} else {
 				t.Logf("%s: %v ok (target saw %s, %.0f ms)", what, res.Check, res.Seen, res.Seconds*1000)
 			}
