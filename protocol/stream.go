@@ -352,7 +352,7 @@ func (st *Stream) Write(b []byte) (int, error) {
 	for {
 		chunk := b[n:]
 		if len(chunk) > MaxFrameData {
-			chunk = chunk[:MaxFrameData]
+			chunk = chunk[:alignedFrameData] // frames that fill whole TLS records, no runt after each
 		}
 		if len(chunk) == 0 && n > 0 {
 			return n, nil
