@@ -62,7 +62,9 @@ func New(opts *Options) (*Listener, error) {
 	if err != nil {
 		return nil, &ConfigError{Listener: opts.NameStr, Key: "listen", Err: err}
 	}
-	return &Listener{Base: base, opts: opts}, nil
+	l := &Listener{Base: base, opts: opts}
+	opts.listener = l
+	return l, nil
 }
 
 // Config implements C.InboundListener.

@@ -45,12 +45,17 @@ type Options struct {
 	PadDownstream        bool                `inbound:"pad-downstream,omitempty"`
 	DisableHalfClose     bool                `inbound:"disable-half-close,omitempty"`
 	MaxVersion           int                 `inbound:"max-version,omitempty"`
+
+	listener *Listener `inbound:"-"` // the listener built from these options (see Equal)
 }
 
 var _ C.InboundConfig = (*Options)(nil)
 
 // Equal implements C.InboundConfig: mihomo keeps a running listener across a reload when the
-// new options are equal. Options of another listener type are never equal.
+// new options are equal. Options of another listener type are never equal. mihomo calls it on a
+// running listener's options while applying a configuration; when only the users differ, the
+// running listener takes the new users in place (see Listener.adoptUsers) and the options count
+// as equal, so that the other users' sessions are not dropped.
 func (o *Options) Equal(config C.InboundConfig) bool {
 	other, ok := config.(*Options)
 	if !ok {
@@ -58,7 +63,7 @@ func (o *Options) Equal(config C.InboundConfig) bool {
 	}
 	a, _ := json.Marshal(o)
 	b, _ := json.Marshal(other)
-	return string(a) == string(b)
+	return string(a) == string(b) || (o.listener != nil && o.listener.adoptUsers(other))
 }
 
 // ConfigError names the listener and, where one key is at fault, the key.
