@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/anytls-engine/anytls/protocol"
 
 	"github.com/metacubex/mihomo/tunnel"
+	"github.com/metacubex/mihomo/tunnel/statistic"
 )
 
 const timeout = 10 * time.Second
@@ -160,6 +162,32 @@ func TestUsersReloadInPlace(t *testing.T) {
 		if err := roundTrip(c); err != nil {
 			t.Fatalf("before the reload: %v", err)
 		}
+	}
+	// mihomo's connection list (what GET /connections serves) names each stream's user, with
+	// its traffic.
+	snap, err := json.Marshal(statistic.DefaultManager.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns struct {
+		Connections []struct {
+			Metadata struct {
+				InboundUser string `json:"inboundUser"`
+				InboundName string `json:"inboundName"`
+			} `json:"metadata"`
+			Upload int64 `json:"upload"`
+		} `json:"connections"`
+	}
+	json.Unmarshal(snap, &conns)
+	seen := map[string]int64{}
+	for _, c := range conns.Connections {
+		if c.Metadata.InboundName == "anytls-in" {
+			seen[c.Metadata.InboundUser] += c.Upload
+		}
+	}
+	t.Logf("mihomo connections by user (upload bytes): %v", seen)
+	if seen["alice"] < 3000 || seen["bob"] < 3000 {
+		t.Errorf("connections by user (upload) %v, want alice and bob with at least 3000 bytes each:\n%s", seen, snap)
 	}
 
 	// SIGHUP with bob removed and carol added.
