@@ -144,14 +144,15 @@ func TestLargeWriteSplit(t *testing.T) {
 			if !bytes.Equal(joined, want) {
 				t.Fatalf("%s: PSH frames carry %d bytes, want the %d written", dir, len(joined), len(want))
 			}
+			// Frames of alignedFrameData fill whole TLS records with their header.
 			big := 0
 			for _, d := range psh {
-				if len(d) == MaxFrameData {
+				if len(d) == alignedFrameData {
 					big++
 				}
 			}
 			if big < 3 {
-				t.Fatalf("%s: %d full frames, want the write split into >= 3 frames of %d", dir, big, MaxFrameData)
+				t.Fatalf("%s: %d full frames, want the write split into >= 3 frames of %d", dir, big, alignedFrameData)
 			}
 		}
 		_, up2 := clientFrames(t, p.conn(0).Bytes())
