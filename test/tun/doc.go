@@ -20,7 +20,8 @@
 //
 // From the client namespace, a probe with no proxy settings (this test binary again, resolving
 // names through the namespace's /etc/resolv.conf like any program) runs DNS, HTTP over IPv4 and
-// IPv6, UDP round trips (UDP over TCP in anytls) and a 64 MiB download with a checksum; the
+// IPv6, UDP round trips (UDP over TCP in anytls), and a 64 MiB download and upload with
+// checksums (their rates are logged, beside the direct path's from the server namespace); the
 // target reports the address it sees, which must be the server's. The same probe must fail
 // before the client starts and after it stops (proof that the path is the tunnel), and the
 // client must remove its TUN device and its routing rules when it stops.

@@ -71,6 +71,9 @@ func TestMain(m *testing.M) {
 		s := <-sigs
 		fmt.Fprintf(os.Stderr, "test/tun: %v: removing the test namespaces\n", s)
 		cleanupAll()
+		if binDir != "" {
+			os.RemoveAll(binDir)
+		}
 		os.Exit(1)
 	}()
 	if f := flag.Lookup("test.timeout"); f != nil {
