@@ -184,7 +184,7 @@ func startServer(ctx context.Context, cfg serverConfig) (*server, error) {
 	go func() {
 		defer close(s.done)
 		err := s.engine.Serve(ctx, tls.NewListener(ln, tlsConfig))
-		if !s.isClosed() {
+		if !s.isClosed() && ctx.Err() == nil {
 			log.Error("server stopped", "error", err)
 		}
 	}()
