@@ -446,6 +446,18 @@ func (c *Client) migrate(st *Stream) {
 		}
 		_ = s.writePacket(pkt, nil)
 	}
+	// A CloseWrite made on the dead session sent its cmdFIN there: send it again here, after
+	// the data. If this session has not agreed half-close yet, serverSettings sends it.
+	st.mu.Lock()
+	refin := st.wclosed && st.finSent && !st.closed && st.werr == nil
+	if refin {
+		st.finSent = s.halfClose.Load()
+		refin = st.finSent
+	}
+	st.mu.Unlock()
+	if refin {
+		_ = s.writePacketOpt(AppendFrame(nil, CmdFIN, id, nil), nil, true)
+	}
 }
 
 func (c *Client) cleanupLoop() {
