@@ -35,7 +35,7 @@ var (
 	binDir    string
 	buildOnce = sync.OnceValue(func() error {
 		var err error
-		if binDir, err = os.MkdirTemp("", "anytls-tun-bin-"); err != nil {
+		if binDir, err = os.MkdirTemp("", fmt.Sprintf("%s-%d-bin-", nsPrefix, os.Getpid())); err != nil {
 			return err
 		}
 		anytlsBin = filepath.Join(binDir, "anytls")

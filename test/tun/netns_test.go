@@ -82,8 +82,8 @@ func cleanupAll() {
 	}
 }
 
-// sweepStale removes namespaces (and their /etc/netns files) left by runs whose process is gone,
-// for example a test binary killed with SIGKILL.
+// sweepStale removes namespaces (and their /etc/netns files) and binaries left by runs whose
+// process is gone, for example a test binary killed with SIGKILL.
 func sweepStale() {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -103,6 +103,17 @@ func sweepStale() {
 		exec.Command("ip", "netns", "del", name).Run()
 		os.RemoveAll(filepath.Join("/etc/netns", name))
 		fmt.Fprintf(os.Stderr, "test/tun: removed stale namespace %s\n", name)
+	}
+	// and the anytls binaries of such runs
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), nsPrefix+"-*-bin-*"))
+	for _, dir := range dirs {
+		m := nsNameRE.FindStringSubmatch(filepath.Base(dir))
+		if m == nil {
+			continue
+		}
+		if pid, _ := strconv.Atoi(m[1]); pid != os.Getpid() && syscall.Kill(pid, 0) != nil {
+			os.RemoveAll(dir)
+		}
 	}
 }
 
