@@ -84,7 +84,7 @@ func jsonExample(t *testing.T, path string) jobj {
 	return cfg
 }
 
-// byTag finds the object of a list (inbounds, outbounds, dns.servers) by tag or type.
+// byKey finds the object of a list (inbounds, outbounds, dns.servers, users) whose key is value.
 func byKey(t *testing.T, list any, key, value string) jobj {
 	t.Helper()
 	items, _ := list.([]any)

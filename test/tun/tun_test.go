@@ -49,8 +49,7 @@ func newRig(t *testing.T, singbox, mihomo bool) *rig {
 		}
 	}
 	// The probe works: from the server namespace, the target is reached directly and sees the
-	// server's addresses.
-	// The bulk figure is the direct path's, for comparison with the tunnel's.
+	// server's addresses. Its transfer rates are the direct path's, to compare with the tunnel's.
 	control := append(directChecks(true),
 		check{Kind: "bulk", Addr: hostPort(targetIP4, 80), Want: egressIP4, Size: bulkSize, Timeout: 2 * time.Minute},
 		check{Kind: "upload", Addr: hostPort(targetIP4, 80), Want: egressIP4, Size: bulkSize, Timeout: 2 * time.Minute})
