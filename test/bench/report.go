@@ -13,10 +13,24 @@ import (
 type results struct {
 	samples map[string]map[string][]float64
 	bench   []string // Go benchmark lines, one per sample
+	// load averages (1 minute) when the run started and ended: the machine may be shared
+	loadStart, loadEnd string
 }
 
 func newResults() *results {
-	return &results{samples: map[string]map[string][]float64{}}
+	return &results{samples: map[string]map[string][]float64{}, loadStart: loadAverage()}
+}
+
+// loadAverage returns the 1-minute load average, or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 func (r *results) put(impl, key string, v float64) {
@@ -279,7 +293,11 @@ func machine() string {
 // write prints the benchmark lines (for benchstat) and then the table.
 func (r *results) write(w io.Writer, cfg config) {
 	fmt.Fprintf(w, "goos: %s\ngoarch: %s\npkg: github.com/anytls-engine/anytls/test/bench\n", runtime.GOOS, runtime.GOARCH)
+	if r.loadEnd == "" {
+		r.loadEnd = loadAverage()
+	}
 	fmt.Fprintf(w, "machine: %s\n", machine())
+	fmt.Fprintf(w, "load: %s at the start, %s at the end (1-minute load average)\n", r.loadStart, r.loadEnd)
 	for _, l := range r.bench {
 		fmt.Fprintln(w, l)
 	}
