@@ -303,22 +303,28 @@ func runLatency(j *job) (result, error) {
 	defer s.close()
 	var fresh []time.Duration
 	var freshCPU time.Duration
-	for i := range j.Fresh + 1 {
-		c, err := s.env.newClient(j.Impl, s.srv.addr, 0)
-		if err != nil {
-			return nil, err
+	_, _, err = timed(j.profileName("fresh"), func() error {
+		for i := range j.Fresh + 1 {
+			c, err := s.env.newClient(j.Impl, s.srv.addr, 0)
+			if err != nil {
+				return err
+			}
+			c0, t0 := cpuTime(), time.Now()
+			err = s.echoOnce(c)
+			d, cd := time.Since(t0), cpuTime()-c0
+			c.Close()
+			if err != nil {
+				return fmt.Errorf("fresh client: %w", err)
+			}
+			if i > 0 {
+				fresh = append(fresh, d)
+				freshCPU += cd
+			}
 		}
-		c0, t0 := cpuTime(), time.Now()
-		err = s.echoOnce(c)
-		d, cd := time.Since(t0), cpuTime()-c0
-		c.Close()
-		if err != nil {
-			return nil, fmt.Errorf("fresh client: %w", err)
-		}
-		if i > 0 {
-			fresh = append(fresh, d)
-			freshCPU += cd
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	for range max(j.Opens/10, 10) {
 		if err := s.echoOnce(s.client); err != nil {
