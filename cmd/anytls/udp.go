@@ -117,7 +117,7 @@ func (r *udpRelay) uplink(ctx context.Context) {
 
 // destination resolves and checks a non-connect packet's destination, caching domains.
 func (r *udpRelay) destination(ctx context.Context, dest M.Socksaddr) (netip.AddrPort, error) {
-	if !dest.IsFqdn() {
+	if !dest.IsDomain() {
 		return r.server.resolveUDP(ctx, dest)
 	}
 	key := dest.String()
@@ -158,7 +158,7 @@ func (r *udpRelay) downlink() {
 
 // toAddr converts a sing address to an engine address.
 func toAddr(d M.Socksaddr) (protocol.Addr, error) {
-	if d.IsFqdn() {
+	if d.IsDomain() {
 		return protocol.MakeAddr(d.Fqdn, d.Port)
 	}
 	if d.Addr.IsValid() {
