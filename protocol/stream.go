@@ -527,14 +527,10 @@ func (st *Stream) markSynSentLocked() {
 		if st.reused {
 			// The stream now depends on a pooled session: if that went silent, find out
 			// before the SYNACK wait runs out, so the stream moves to a fresh session.
-			st.sess.probeIfQuiet(reusedProbeQuiet)
+			st.sess.probeIfQuiet(st.sess.cfg.heartbeatInterval / 2)
 		}
 	}
 }
-
-// reusedProbeQuiet: a pooled session that received nothing for this long is probed when a new
-// stream's SYN goes out on it.
-const reusedProbeQuiet = time.Second
 
 // armSynAckLocked starts the wait for cmdSYNACK (v2 sessions only).
 func (st *Stream) armSynAckLocked() {
