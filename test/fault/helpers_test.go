@@ -327,12 +327,6 @@ func (w *tcpWorld) restart() {
 	w.start(addr)
 }
 
-func (w *tcpWorld) server() *protocol.Server {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.srv
-}
-
 func (w *tcpWorld) Dial(ctx context.Context) (net.Conn, error) {
 	w.mu.Lock()
 	addr := w.addr
@@ -453,8 +447,6 @@ func settingsFrame(text string) []byte { return frame(protocol.CmdSettings, 0, [
 
 // v2Settings is what a v2 client of ours would announce, without extensions.
 const v2Settings = "v=2\nclient=\npadding-md5="
-
-func v2SettingsFor(scheme *protocol.PaddingScheme) string { return v2Settings + scheme.MD5() }
 
 func addrBytes(a protocol.Addr) []byte {
 	b, err := a.AppendTo(nil)
