@@ -361,7 +361,7 @@ func (singHandler) NewConnectionEx(ctx context.Context, conn net.Conn, source, d
 		N.ReportHandshakeFailure(conn, err)
 		return
 	}
-	if err := N.ReportHandshakeSuccess(conn); err != nil {
+	if err := N.ReportConnHandshakeSuccess(conn, t); err != nil {
 		t.Close()
 		return
 	}

@@ -72,7 +72,6 @@ func newStack(impl string, echoAddr netip.AddrPort, perSession int) (*stack, err
 		if s.echo, err = startEchoTarget(); err != nil {
 			return nil, err
 		}
-		echoAddr = s.echo.addr
 	} else {
 		s.echo = &target{addr: echoAddr, stop: func() {}}
 	}
