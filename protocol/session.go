@@ -70,6 +70,9 @@ type session struct {
 	hbMu          sync.Mutex
 	hbTimer       *time.Timer
 	probeClock    int64 // recvClock when the probe was sent; -1: no probe outstanding
+	probeWrite    int64 // the packet being written when the probe was sent, or 0
+	writesStarted atomic.Int64
+	writesDone    atomic.Int64
 	idleTimer     *time.Timer
 
 	// client pool
@@ -143,6 +146,7 @@ func (s *session) writePacketOpt(b []byte, cancel <-chan struct{}, control bool)
 		<-s.wsem
 		return s.closeErr()
 	}
+	seq := s.writesStarted.Add(1)
 	var err error
 	switch {
 	case s.padOn && s.pkt < s.padding.stop && (!control || s.padding.hasLine(s.pkt)):
@@ -163,6 +167,9 @@ func (s *session) writePacketOpt(b []byte, cancel <-chan struct{}, control bool)
 		putBuf(rec)
 	default:
 		_, err = s.conn.Write(b)
+	}
+	if err == nil {
+		s.writesDone.Store(seq)
 	}
 	<-s.wsem
 	if err != nil {
@@ -445,7 +452,7 @@ func (s *session) handleClientFrame(h FrameHeader) error {
 		if err != nil {
 			return err
 		}
-		scheme, perr := ParsePaddingScheme(b)
+		scheme, perr := parsePushedScheme(b)
 		putBuf(b)
 		if perr != nil {
 			s.cfg.logger.Warn("anytls: server pushed a padding scheme we cannot use; keeping ours", "error", perr)
@@ -564,7 +571,11 @@ func (s *session) heartbeat() {
 		return
 	}
 	if s.probeClock >= 0 {
-		if s.recvClock.Load() > s.probeClock || s.readerBlocked.Load() > 0 {
+		// A write that was stuck on the connection when the probe went out and has finished
+		// since is proof of life too: the peer's TCP acknowledges our data, it only has a long
+		// queue to work through before it reaches the probe (a slow upload without flow control).
+		writeMoved := s.probeWrite > 0 && s.writesDone.Load() >= s.probeWrite
+		if s.recvClock.Load() > s.probeClock || s.readerBlocked.Load() > 0 || writeMoved {
 			s.probeClock = -1 // answered (anything received counts), or we are the slow side
 		} else {
 			go s.close(fmt.Errorf("%w: nothing received for %v after a heartbeat request", ErrHeartbeatTimeout, s.cfg.heartbeatTimeout))
@@ -601,6 +612,10 @@ func (s *session) probeIfQuiet(quiet time.Duration) {
 
 func (s *session) sendProbeLocked() {
 	s.probeClock = s.recvClock.Load()
+	s.probeWrite = 0
+	if started := s.writesStarted.Load(); started > s.writesDone.Load() {
+		s.probeWrite = started
+	}
 	s.queueControl(CmdHeartRequest, 0, nil)
 	s.hbTimer.Reset(s.cfg.heartbeatTimeout)
 }

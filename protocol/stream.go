@@ -260,6 +260,9 @@ func (st *Stream) push(s *session, data []byte, limit int, stallTimeout time.Dur
 		}
 		select {
 		case <-st.space:
+			// The reader made progress: a slow reader is back-pressured, not reset. Only a
+			// reader that frees nothing for stallTimeout is.
+			stall.Reset(stallTimeout)
 		case <-stall.C:
 			s.readerBlocked.Add(-1)
 			putBuf(data)
