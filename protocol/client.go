@@ -386,12 +386,15 @@ func (c *Client) sessionClosed(s *session) {
 }
 
 // retryStream decides, while s closes, whether st goes to a fresh session: only a stream on a
-// reused session that has heard nothing since it was attached (the session was dead when it was
-// picked), has received no data, and whose written data still fits the replay buffer.
+// reused session that has received no data, whose written data still fits the replay buffer,
+// and which the server never answered: either the session heard nothing at all since the stream
+// was attached (it was dead when picked), or, on a v2 session, no cmdSYNACK came for the stream
+// (the server had not finished with its SYN; other streams of the session may have been served).
 func (c *Client) retryStream(s *session, st *Stream) bool {
 	st.mu.Lock()
+	unanswered := s.recvClock.Load() == st.attachedAt || (s.peerVersion.Load() >= 2 && !st.acked)
 	ok := st.sess == s && st.reused && !st.retried && !st.gotData && !st.replayOff &&
-		!st.closed && st.werr == nil && st.rerr == nil && s.recvClock.Load() == st.attachedAt
+		!st.closed && st.werr == nil && st.rerr == nil && unanswered
 	if ok {
 		c.mu.Lock()
 		ok = !c.closed
