@@ -26,6 +26,9 @@
 // before the client starts and after it stops (proof that the path is the tunnel), and the
 // client must remove its TUN device and its routing rules when it stops.
 //
+// The processes' logs are shown when a test fails; ANYTLS_TUN_LOGS=DIR also copies them all to
+// DIR.
+//
 // Requirements: root, `ip` (iproute2) and /dev/net/tun. A missing one fails the tests with a
 // message naming it; ANYTLS_SKIP_TUN=1, set by the person running the tests, skips them.
 //

@@ -22,6 +22,8 @@ const (
 	// skipEnv, set to 1 by the person running the tests, skips them. Never set by the
 	// Makefile or CI.
 	skipEnv = "ANYTLS_SKIP_TUN"
+	// logsEnv names a directory that receives every process's log (for debugging).
+	logsEnv = "ANYTLS_TUN_LOGS"
 	// buildTags are the Makefile's TAGS: the binary under test is the one `make build` makes.
 	buildTags = "with_gvisor,with_utls,with_acme,with_clash_api"
 )

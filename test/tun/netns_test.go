@@ -359,6 +359,9 @@ func (tp *topo) start(t *testing.T, ns, name string, env []string, argv ...strin
 	t.Cleanup(func() {
 		p.stop()
 		unregister()
+		if dir := os.Getenv(logsEnv); dir != "" {
+			keepLog(t, dir, p)
+		}
 		if t.Failed() {
 			t.Logf("--- %s log (%s), last lines:\n%s", name, p.logPath, p.tail(60))
 		}
@@ -434,6 +437,18 @@ func (p *proc) exited() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// keepLog copies the process's log into dir (ANYTLS_TUN_LOGS), named after the test.
+func keepLog(t *testing.T, dir string, p *proc) {
+	b, err := os.ReadFile(p.logPath)
+	if err == nil {
+		name := strings.ReplaceAll(t.Name(), "/", "_") + "." + p.name + ".log"
+		err = os.WriteFile(filepath.Join(dir, name), b, 0o644)
+	}
+	if err != nil {
+		t.Logf("%s: %v", logsEnv, err)
 	}
 }
 

@@ -257,6 +257,9 @@ type probeArgs struct {
 	Checks   []check
 	Timeout  time.Duration // per attempt (bulk: the whole transfer)
 	Attempts int           // attempts per check
+	// RetryFor, when set, replaces Attempts: a check is tried every 100 ms until it passes or
+	// this long has passed (waiting for a client to be ready).
+	RetryFor time.Duration
 	Parallel bool
 }
 
@@ -267,6 +270,9 @@ type result struct {
 	Seen    string  `json:",omitempty"` // the address the target reported
 	Bytes   int64   `json:",omitempty"`
 	Seconds float64 `json:",omitempty"`
+	Tries   int     `json:",omitempty"`
+	// FirstErr is the first failed try's error, when a later one passed.
+	FirstErr string `json:",omitempty"`
 }
 
 // runProbe runs the checks and writes their results as JSON; it fails only when it cannot run.
@@ -283,15 +289,35 @@ func runProbe(argsJSON string, out io.Writer) error {
 	for i, c := range a.Checks {
 		run := func() {
 			var r result
-			for attempt := 0; attempt < a.Attempts; attempt++ {
+			var firstErr string
+			start := time.Now()
+			for tries := 1; ; tries++ {
 				timeout := a.Timeout
 				if c.Timeout > 0 {
 					timeout = c.Timeout
 				}
 				r = runCheck(c, timeout)
+				r.Tries = tries
 				if r.OK {
+					if tries > 1 {
+						r.FirstErr = firstErr
+					}
 					break
 				}
+				if firstErr == "" {
+					firstErr = r.Err
+				}
+				if a.RetryFor > 0 {
+					if time.Since(start) > a.RetryFor {
+						break
+					}
+					time.Sleep(100 * time.Millisecond) // polling for readiness
+				} else if tries >= a.Attempts {
+					break
+				}
+			}
+			if a.RetryFor > 0 {
+				r.Seconds = time.Since(start).Seconds()
 			}
 			results[i] = r
 		}

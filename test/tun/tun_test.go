@@ -148,6 +148,31 @@ func firstLine(s string) string {
 	return s
 }
 
+// waitReady waits until a connection from the client namespace reaches the target.
+func (r *rig) waitReady(t *testing.T, p *proc) {
+	t.Helper()
+	args, _ := json.Marshal(probeArgs{
+		Checks:  []check{{Kind: "http", Addr: hostPort(targetIP4, 80), Want: egressIP4}},
+		Timeout: 2 * time.Second, RetryFor: 30 * time.Second,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := runRoleIn(ctx, r.client, "probe", string(args))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var results []result
+	if err := json.Unmarshal(out, &results); err != nil || len(results) != 1 {
+		t.Fatalf("probe output %q: %v", out, err)
+	}
+	if res := results[0]; !res.OK {
+		t.Fatalf("no connection went through the tunnel in %.1fs (%d tries; the client is running: %v): %s",
+			res.Seconds, res.Tries, !p.exited(), res.Err)
+	} else if res.Tries > 1 {
+		t.Logf("the tunnel passed its first connection at try %d (%.2fs); the first try failed: %s", res.Tries, res.Seconds, res.FirstErr)
+	}
+}
+
 // client is one TUN client run: a host's example configuration against a server.
 type client struct {
 	host  string // "sing-box" or "mihomo"
@@ -173,13 +198,20 @@ func (r *rig) run(t *testing.T, c client) {
 		t.Fatal(err)
 	}
 	t.Logf("TUN device up after %.2fs", time.Since(start).Seconds())
+	// mihomo brings its TUN up before its tunnel runs (executor.ApplyConfig: updateTun, then
+	// providers and profile, then tunnel.OnRunning) and closes the connections it gets in
+	// between. Wait until one connection goes through before the checks.
+	r.waitReady(t, p)
+	t.Logf("first connection through the tunnel after %.2fs", time.Since(start).Seconds())
 	r.expect(t, r.client, "through the tunnel", true, tunChecks())
 	if p.exited() {
 		t.Fatalf("the client exited during the checks: %v", p.err)
 	}
+	stopStart := time.Now()
 	if err := p.stop(); err != nil {
 		t.Error(err)
 	}
+	t.Logf("the client exited %.2fs after SIGTERM", time.Since(stopStart).Seconds())
 	if after := r.rules(t); after != r.baseRules {
 		t.Errorf("the client left routing state behind after SIGTERM:\nbefore:\n%s\nafter:\n%s", r.baseRules, after)
 	}
