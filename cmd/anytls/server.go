@@ -325,6 +325,11 @@ func serverMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errUsage
 	}
 	cfg.Logger = newLogger(stderr, verbose)
+	// Catch SIGHUP before anything is printed: a supervisor may send it as soon as it reads the
+	// start-up lines, and an uncaught SIGHUP ends the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	s, err := startServer(ctx, cfg)
 	if err != nil {
 		return err
@@ -348,9 +353,6 @@ func serverMain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if a := s.MetricsAddr(); a != nil {
 		fmt.Fprintf(stdout, "metrics at http://%s/metrics\n", a)
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
