@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/anytls-engine/anytls/adapter/logline"
 	"github.com/anytls-engine/anytls/protocol"
 
 	"github.com/metacubex/mihomo/log"
@@ -21,13 +22,11 @@ import (
 // Logger returns an slog.Logger that writes to mihomo's log (so the engine's diagnostics appear in
 // mihomo's output and its /logs API) under prefix, with mihomo's level filter.
 func Logger(prefix string) *slog.Logger {
-	return slog.New(&handler{prefix: prefix})
+	return logline.New(sink{prefix: prefix})
 }
 
-type handler struct {
+type sink struct {
 	prefix string // "[AnyTLS] name"
-	attrs  string // rendered attributes from WithAttrs
-	group  string
 }
 
 func mihomoLevel(l slog.Level) log.LogLevel {
@@ -43,24 +42,15 @@ func mihomoLevel(l slog.Level) log.LogLevel {
 }
 
 // Enabled follows mihomo's log-level, so debug lines cost nothing unless asked for.
-func (h *handler) Enabled(_ context.Context, l slog.Level) bool {
+func (s sink) Enabled(_ context.Context, l slog.Level) bool {
 	return mihomoLevel(l) >= log.Level()
 }
 
-func (h *handler) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	if h.prefix != "" {
-		b.WriteString(h.prefix)
-		b.WriteByte(' ')
+func (s sink) Emit(_ context.Context, l slog.Level, msg string) {
+	if s.prefix != "" {
+		msg = s.prefix + " " + msg
 	}
-	b.WriteString(r.Message)
-	b.WriteString(h.attrs)
-	r.Attrs(func(a slog.Attr) bool {
-		appendAttr(&b, h.group, a)
-		return true
-	})
-	msg := b.String()
-	switch mihomoLevel(r.Level) {
+	switch mihomoLevel(l) {
 	case log.ERROR:
 		log.Errorln("%s", msg)
 	case log.WARNING:
@@ -70,51 +60,6 @@ func (h *handler) Handle(_ context.Context, r slog.Record) error {
 	default:
 		log.Debugln("%s", msg)
 	}
-	return nil
-}
-
-func (h *handler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	var b strings.Builder
-	b.WriteString(h.attrs)
-	for _, a := range attrs {
-		appendAttr(&b, h.group, a)
-	}
-	return &handler{prefix: h.prefix, attrs: b.String(), group: h.group}
-}
-
-func (h *handler) WithGroup(name string) slog.Handler {
-	if name == "" {
-		return h
-	}
-	g := name
-	if h.group != "" {
-		g = h.group + "." + name
-	}
-	return &handler{prefix: h.prefix, attrs: h.attrs, group: g}
-}
-
-func appendAttr(b *strings.Builder, group string, a slog.Attr) {
-	a.Value = a.Value.Resolve()
-	if a.Equal(slog.Attr{}) {
-		return
-	}
-	if a.Value.Kind() == slog.KindGroup {
-		g := a.Key
-		if group != "" && g != "" {
-			g = group + "." + g
-		} else if g == "" {
-			g = group
-		}
-		for _, sub := range a.Value.Group() {
-			appendAttr(b, g, sub)
-		}
-		return
-	}
-	key := a.Key
-	if group != "" {
-		key = group + "." + key
-	}
-	fmt.Fprintf(b, " %s=%v", key, a.Value.Any())
 }
 
 // Addr converts a sing destination into the engine's. An IPv6 zone is dropped: it means nothing

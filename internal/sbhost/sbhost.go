@@ -7,8 +7,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 
+	"github.com/anytls-engine/anytls/adapter/logline"
 	"github.com/anytls-engine/anytls/protocol"
 
 	"github.com/sagernet/sing/common/logger"
@@ -18,85 +18,25 @@ import (
 // Logger returns an slog.Logger that writes to a sing-box logger, so the engine's diagnostics
 // appear in sing-box's log with its level filter and per-connection ids.
 func Logger(l logger.ContextLogger) *slog.Logger {
-	return slog.New(&handler{l: l})
+	return logline.New(sink{l})
 }
 
-type handler struct {
-	l      logger.ContextLogger
-	prefix string // rendered attributes from WithAttrs
-	group  string
-}
+type sink struct{ l logger.ContextLogger }
 
 // Enabled lets sing-box's own level filter decide.
-func (h *handler) Enabled(context.Context, slog.Level) bool { return true }
+func (sink) Enabled(context.Context, slog.Level) bool { return true }
 
-func (h *handler) Handle(ctx context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.WriteString(r.Message)
-	b.WriteString(h.prefix)
-	r.Attrs(func(a slog.Attr) bool {
-		appendAttr(&b, h.group, a)
-		return true
-	})
-	msg := b.String()
-	if ctx == nil {
-		ctx = context.Background()
-	}
+func (s sink) Emit(ctx context.Context, l slog.Level, msg string) {
 	switch {
-	case r.Level >= slog.LevelError:
-		h.l.ErrorContext(ctx, msg)
-	case r.Level >= slog.LevelWarn:
-		h.l.WarnContext(ctx, msg)
-	case r.Level >= slog.LevelInfo:
-		h.l.InfoContext(ctx, msg)
+	case l >= slog.LevelError:
+		s.l.ErrorContext(ctx, msg)
+	case l >= slog.LevelWarn:
+		s.l.WarnContext(ctx, msg)
+	case l >= slog.LevelInfo:
+		s.l.InfoContext(ctx, msg)
 	default:
-		h.l.DebugContext(ctx, msg)
+		s.l.DebugContext(ctx, msg)
 	}
-	return nil
-}
-
-func (h *handler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	var b strings.Builder
-	b.WriteString(h.prefix)
-	for _, a := range attrs {
-		appendAttr(&b, h.group, a)
-	}
-	return &handler{l: h.l, prefix: b.String(), group: h.group}
-}
-
-func (h *handler) WithGroup(name string) slog.Handler {
-	if name == "" {
-		return h
-	}
-	g := name
-	if h.group != "" {
-		g = h.group + "." + name
-	}
-	return &handler{l: h.l, prefix: h.prefix, group: g}
-}
-
-func appendAttr(b *strings.Builder, group string, a slog.Attr) {
-	a.Value = a.Value.Resolve()
-	if a.Equal(slog.Attr{}) {
-		return
-	}
-	if a.Value.Kind() == slog.KindGroup {
-		g := a.Key
-		if group != "" && g != "" {
-			g = group + "." + g
-		} else if g == "" {
-			g = group
-		}
-		for _, sub := range a.Value.Group() {
-			appendAttr(b, g, sub)
-		}
-		return
-	}
-	key := a.Key
-	if group != "" {
-		key = group + "." + key
-	}
-	fmt.Fprintf(b, " %s=%v", key, a.Value.Any())
 }
 
 // Addr converts a sing destination into the engine's. An IPv6 zone is dropped: it means nothing
