@@ -65,37 +65,33 @@ func (s Settings) Encode() []byte {
 	return []byte(b.String())
 }
 
-// window returns the receive window announced with settingWindow, or 0 if absent or invalid.
-func (s Settings) window() int64 {
-	v := s[settingWindow]
+// number returns the value of key as a decimal number of at most 10 digits; ok is false when
+// the key is missing or its value is anything else.
+func (s Settings) number(key string) (n int64, ok bool) {
+	v := s[key]
 	if v == "" || len(v) > 10 {
-		return 0
+		return 0, false
 	}
-	var n int64
 	for _, c := range v {
 		if c < '0' || c > '9' {
-			return 0
+			return 0, false
 		}
 		n = n*10 + int64(c-'0')
 	}
+	return n, true
+}
+
+// window returns the receive window announced with settingWindow, or 0 if absent or invalid.
+func (s Settings) window() int64 {
+	n, _ := s.number(settingWindow)
 	return min(n, 1<<30)
 }
 
 // Version returns the integer value of v=, or 1 when missing or malformed (a v1 peer).
 func (s Settings) Version() int {
-	v := s[settingVersion]
-	n := 0
-	if v == "" {
+	n, ok := s.number(settingVersion)
+	if !ok || n < 1 {
 		return 1
 	}
-	for _, c := range v {
-		if c < '0' || c > '9' || n > 1000 {
-			return 1
-		}
-		n = n*10 + int(c-'0')
-	}
-	if n < 1 {
-		return 1
-	}
-	return n
+	return int(n)
 }
