@@ -459,7 +459,7 @@ func (c *Client) migrate(st *Stream) {
 	}
 	st.mu.Unlock()
 	if refin {
-		_ = s.writePacketOpt(AppendFrame(nil, CmdFIN, id, nil), nil, true)
+		_ = s.writePacketOpt(AppendFrame(nil, CmdFIN, id, nil), nil, 0, true)
 	}
 }
 

@@ -20,7 +20,7 @@ func TestControlPacketWithoutLine(t *testing.T) {
 			s := newSession(rc, true, &sessionConfig{logger: discardLogger}, scheme, true)
 			s.pkt = c.pkt
 			fin := AppendFrame(nil, CmdFIN, 1, nil)
-			if err := s.writePacketOpt(fin, nil, c.control); err != nil {
+			if err := s.writePacketOpt(fin, nil, 0, c.control); err != nil {
 				t.Fatal(err)
 			}
 			writes := rc.Writes()

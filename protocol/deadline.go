@@ -5,14 +5,14 @@ import (
 	"time"
 )
 
-// deadline is a settable deadline whose expiry closes a channel (as net.Pipe does).
+// deadline is a settable deadline whose expiry closes a channel (as net.Pipe does). Its zero
+// value is "no deadline": the channel is made only when a deadline is first set or awaited, so
+// that streams that never wait (a relay's writing side) do not carry it.
 type deadline struct {
 	mu     sync.Mutex
 	timer  *time.Timer
-	cancel chan struct{} // closed when the deadline passes
+	cancel chan struct{} // closed when the deadline passes; nil while none was ever set
 }
-
-func makeDeadline() deadline { return deadline{cancel: make(chan struct{})} }
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
@@ -21,6 +21,12 @@ func (d *deadline) set(t time.Time) {
 		<-d.cancel // wait for the timer callback to close cancel
 	}
 	d.timer = nil
+	if d.cancel == nil {
+		if t.IsZero() {
+			return
+		}
+		d.cancel = make(chan struct{})
+	}
 	closed := isClosedChan(d.cancel)
 	if t.IsZero() {
 		if closed {
@@ -41,10 +47,22 @@ func (d *deadline) set(t time.Time) {
 	}
 }
 
+// wait returns the channel closed when the deadline passes, made now if no deadline was ever
+// set (a deadline set later must still end a wait already in progress).
 func (d *deadline) wait() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.cancel == nil {
+		d.cancel = make(chan struct{})
+	}
 	return d.cancel
+}
+
+// passed reports whether the deadline has passed, without making a channel.
+func (d *deadline) passed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cancel != nil && isClosedChan(d.cancel)
 }
 
 func (d *deadline) stop() {

@@ -426,14 +426,29 @@ func (s *session) handleServerFrame(h FrameHeader) error {
 
 // serveStream reads the destination and hands the stream to the handler.
 func (srv *Server) serveStream(s *session, st *Stream) {
-	st.SetReadDeadline(time.Now().Add(srv.cfg.AddressTimeout))
-	dest, err := ReadAddr(st)
-	st.SetReadDeadline(time.Time{})
+	if srv.prepareStream(s, st) {
+		srv.cfg.Handler(s.ctx, st)
+	}
+}
+
+// prepareStream reads the stream's destination and arms the early SYNACK. Out of line, so that
+// its frame is not on the stack under the handler: a handler's goroutine waits for most of its
+// life, and the runtime shrinks a waiting goroutine's stack only while little of it is in use.
+//
+//go:noinline
+func (srv *Server) prepareStream(s *session, st *Stream) bool {
+	dest, ok := st.bufferedAddr()
+	var err error
+	if !ok { // not all there yet (or malformed: ReadAddr says how)
+		st.SetReadDeadline(time.Now().Add(srv.cfg.AddressTimeout))
+		dest, err = ReadAddr(st)
+		st.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		srv.cfg.Logger.Debug("anytls: bad stream destination", "error", err)
 		st.Report(err)
 		st.Close()
-		return
+		return false
 	}
 	st.dest = dest
 	if s.peerVersion.Load() >= 2 {
@@ -443,7 +458,7 @@ func (srv *Server) serveStream(s *session, st *Stream) {
 		}
 		st.mu.Unlock()
 	}
-	srv.cfg.Handler(s.ctx, st)
+	return true
 }
 
 // replayConn returns prefix before reading from Conn.

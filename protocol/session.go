@@ -123,9 +123,9 @@ func (s *session) closeErr() error {
 }
 
 // writePacket writes b as one packet (one write, or the records of its padding line).
-// cancel aborts the wait for the connection (a stream's write deadline).
-func (s *session) writePacket(b []byte, cancel <-chan struct{}) error {
-	return s.writePacketOpt(b, cancel, false)
+// dl, if not nil, bounds the wait for the connection (a stream's write deadline).
+func (s *session) writePacket(b []byte, dl *deadline) error {
+	return s.writePacketOpt(b, dl, 0, false)
 }
 
 // maxControlWaste bounds the random cmdWaste added to a control-only packet after stop.
@@ -134,13 +134,10 @@ const maxControlWaste = 256
 // writePacketOpt is writePacket; control marks a packet of control frames only (heartbeat, FIN,
 // a bare SYN): after the padding scheme's stop such a packet carries a random cmdWaste frame in
 // the same record, so that no fixed-size record betrays it.
-func (s *session) writePacketOpt(b []byte, cancel <-chan struct{}, control bool) error {
-	select {
-	case s.wsem <- struct{}{}:
-	case <-s.die:
-		return s.closeErr()
-	case <-cancel:
-		return errDeadline
+// The wait for the connection ends at dl (if not nil) or after timeout (if > 0).
+func (s *session) writePacketOpt(b []byte, dl *deadline, timeout time.Duration, control bool) error {
+	if err := s.acquireWrite(dl, timeout); err != nil {
+		return err
 	}
 	if s.isClosed() {
 		<-s.wsem
@@ -235,20 +232,41 @@ func (s *session) writePadded(b []byte) error {
 	return nil
 }
 
+// acquireWrite takes the session's write slot. Only a wait (the slot is busy) sets up what
+// may end it: the deadline's channel, a timer.
+func (s *session) acquireWrite(dl *deadline, timeout time.Duration) error {
+	select {
+	case s.wsem <- struct{}{}:
+		return nil
+	default:
+	}
+	var cancel <-chan struct{}
+	if dl != nil {
+		cancel = dl.wait()
+	}
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case s.wsem <- struct{}{}:
+		return nil
+	case <-s.die:
+		return s.closeErr()
+	case <-cancel:
+		return errDeadline
+	case <-expired:
+		return errDeadline
+	}
+}
+
 // writeControl writes one control frame and waits for it, bounded by DefaultWriteTimeout.
 func (s *session) writeControl(cmd Command, sid uint32, data []byte) {
 	var small [HeaderSize + 64]byte
 	frame := AppendFrame(small[:0], cmd, sid, data)
-	cancel, stop := timeoutChan(DefaultWriteTimeout)
-	defer stop()
-	_ = s.writePacketOpt(frame, cancel, true)
-}
-
-// timeoutChan returns a channel closed after d.
-func timeoutChan(d time.Duration) (<-chan struct{}, func() bool) {
-	c := make(chan struct{})
-	t := time.AfterFunc(d, func() { close(c) })
-	return c, t.Stop
+	_ = s.writePacketOpt(frame, nil, DefaultWriteTimeout, true)
 }
 
 // finAbort is the data of a cmdFIN that resets a stream. Only where half-close was negotiated
@@ -290,11 +308,9 @@ func (s *session) flushControl() {
 			return
 		}
 		s.ctrlMu.Unlock()
-		cancel, stop := timeoutChan(DefaultWriteTimeout)
-		if err := s.writePacketOpt(b, cancel, true); errors.Is(err, ErrDeadlineExceeded) {
+		if err := s.writePacketOpt(b, nil, DefaultWriteTimeout, true); errors.Is(err, ErrDeadlineExceeded) {
 			s.close(fmt.Errorf("anytls: control write timed out: %w", err))
 		}
-		stop()
 	}
 }
 
@@ -491,8 +507,8 @@ func (s *session) windowUpdate(h FrameHeader) error {
 	if st := s.stream(h.StreamID); st != nil {
 		st.mu.Lock()
 		st.granted += n
-		st.mu.Unlock()
 		notify(st.credit)
+		st.mu.Unlock()
 	}
 	return nil
 }

@@ -31,13 +31,14 @@ type Stream struct {
 	rerr     error         // no more data will arrive after the buffer: io.EOF or the reason
 	werr     error         // writes fail with this
 	readable chan struct{} // cap 1: data or rerr arrived
-	space    chan struct{} // cap 1: the reader freed buffer space
-	credit   chan struct{} // cap 1: the peer granted room, or the stream failed (flow control)
-	closed   bool          // Close called
-	wclosed  bool          // CloseWrite or Close called
-	finSent  bool
-	finRecv  bool
-	removed  bool // no longer in the session's stream map
+	// Rarely awaited: made by their first waiter (lazyChan), signalled under mu.
+	space   chan struct{} // cap 1: the reader freed buffer space
+	credit  chan struct{} // cap 1: the peer granted room, or the stream failed (flow control)
+	closed  bool          // Close called
+	wclosed bool          // CloseWrite or Close called
+	finSent bool
+	finRecv bool
+	removed bool // no longer in the session's stream map
 
 	// client side
 	pending     []byte      // SYN + PSH(address) not yet written (reused session)
@@ -80,10 +81,6 @@ func newStream(sess *session, id uint32, dest Addr) *Stream {
 		dest:     dest,
 		isClient: sess != nil && sess.isClient,
 		readable: make(chan struct{}, 1),
-		space:    make(chan struct{}, 1),
-		credit:   make(chan struct{}, 1),
-		rdl:      makeDeadline(),
-		wdl:      makeDeadline(),
 	}
 }
 
@@ -92,6 +89,16 @@ func notify(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// lazyChan returns *c, made on first use. The waiter calls it under the lock that guards *c and
+// checks its condition under the same lock; notifiers read *c under that lock too (a nil channel
+// means no one waits yet, and notify on it does nothing).
+func lazyChan(c *chan struct{}) chan struct{} {
+	if *c == nil {
+		*c = make(chan struct{}, 1)
+	}
+	return *c
 }
 
 // Destination returns the stream's target address.
@@ -146,6 +153,35 @@ func (st *Stream) Read(b []byte) (int, error) {
 			}
 		}
 	}
+}
+
+// bufferedAddr decodes the destination when the first received chunk holds all of it, and
+// consumes it (server side, before the first read): the common case needs no read deadline.
+func (st *Stream) bufferedAddr() (Addr, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.rq) == 0 {
+		return Addr{}, false
+	}
+	c := st.rq[0]
+	a, n, err := ParseAddrBytes(c[st.roff:])
+	if err != nil {
+		return Addr{}, false
+	}
+	st.roff += n
+	if st.roff == len(c) {
+		putBuf(c)
+		st.rq[0] = nil
+		st.rq = st.rq[1:]
+		st.roff = 0
+		if len(st.rq) == 0 {
+			st.rq = nil
+		}
+	}
+	st.rbytes -= n
+	st.consumedLocked(n)
+	st.upBytes.Add(int64(n))
+	return a, true
 }
 
 // readLocked copies buffered data into b and frees consumed chunks.
@@ -253,13 +289,14 @@ func (st *Stream) push(s *session, data []byte, limit int, stallTimeout time.Dur
 	}
 	var stall *time.Timer
 	for st.rbytes >= limit {
+		space := lazyChan(&st.space)
 		st.mu.Unlock()
 		if stall == nil {
 			stall = time.NewTimer(stallTimeout)
 			s.readerBlocked.Add(1)
 		}
 		select {
-		case <-st.space:
+		case <-space:
 			// The reader made progress: a slow reader is back-pressured, not reset. Only a
 			// reader that frees nothing for stallTimeout is.
 			stall.Reset(stallTimeout)
@@ -336,9 +373,10 @@ func (st *Stream) waitCredit() {
 			st.mu.Unlock()
 			return
 		}
+		credit := lazyChan(&st.credit)
 		st.mu.Unlock()
 		select {
-		case <-st.credit:
+		case <-credit:
 		case <-st.wdl.wait():
 			return
 		case <-s.die:
@@ -378,13 +416,37 @@ func (st *Stream) Write(b []byte) (int, error) {
 // a relay reading at most this much per frame writes no runt record after each frame.
 const alignedFrameData = 4*16384 - HeaderSize
 
-// ReadFrom reads from r straight into frame buffers (saves a copy).
+// ReadFrom reads from r straight into frame buffers (saves a copy). A stream whose source is
+// an idle socket holds no frame buffer while it waits.
 func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
+	if sr := socketReader(r); sr != nil {
+		// The loop of readFromSocket, here: a relay's goroutine waits in it for most of its
+		// life, and the runtime shrinks a waiting goroutine's stack only if few frames are on it.
+		var total int64
+		for {
+			buf, n, rerr := sr.result(sr.rc.Read(sr.fn))
+			sent, err := st.sendRead(buf, n, rerr)
+			putBuf(buf)
+			total += sent
+			if err != nil {
+				if err == io.EOF {
+					return total, nil
+				}
+				return total, err
+			}
+		}
+	}
+	return st.readFromReader(r)
+}
+
+// readFromReader is ReadFrom from anything but a TCP connection.
+//
+//go:noinline
+func (st *Stream) readFromReader(r io.Reader) (int64, error) {
 	// When the last read did not fill the buffer the source may be drained: wait for it
-	// holding no buffer, so that an idle stream does not hold 64 KiB (sockets only).
+	// holding no buffer (sockets other than plain TCP connections).
 	wait := readWaiter(r)
 	var buf []byte
-	defer func() { putBuf(buf) }()
 	full := false
 	var total int64
 	for {
@@ -398,22 +460,32 @@ func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 		}
 		n, rerr := r.Read(buf[HeaderSize : HeaderSize+alignedFrameData])
 		full = n == alignedFrameData
-		if n > 0 {
-			st.wmu.Lock()
-			err := st.writeFrameLocked(buf, n)
-			st.wmu.Unlock()
-			if err != nil {
-				return total, err
+		sent, err := st.sendRead(buf, n, rerr)
+		total += sent
+		if err != nil {
+			putBuf(buf)
+			if err == io.EOF {
+				return total, nil
 			}
-			total += int64(n)
-		}
-		if rerr == io.EOF {
-			return total, nil
-		}
-		if rerr != nil {
-			return total, rerr
+			return total, err
 		}
 	}
+}
+
+// sendRead writes the n bytes a read put behind buf's header as a frame. It returns the bytes
+// sent and the error that ends ReadFrom: the write's, else the read's (io.EOF included).
+//
+//go:noinline
+func (st *Stream) sendRead(buf []byte, n int, rerr error) (int64, error) {
+	if n > 0 {
+		st.wmu.Lock()
+		err := st.writeFrameLocked(buf, n)
+		st.wmu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+	}
+	return int64(n), rerr
 }
 
 // writeFrameLocked writes buf[HeaderSize:HeaderSize+n] as a PSH frame; buf[:HeaderSize] is
@@ -422,7 +494,7 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 	st.waitCredit()
 	st.mu.Lock()
 	// As on a socket: closed first, then a passed deadline, then the stream's own error.
-	if isClosedChan(st.wdl.wait()) && !st.closed {
+	if st.wdl.passed() && !st.closed {
 		st.mu.Unlock()
 		return os.ErrDeadlineExceeded
 	}
@@ -457,10 +529,10 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 		pkt := getBuf(len(pending) + len(frame))
 		copy(pkt, pending)
 		copy(pkt[len(pending):], frame)
-		err = s.writePacket(pkt, st.wdl.wait())
+		err = s.writePacket(pkt, &st.wdl)
 		putBuf(pkt)
 	} else {
-		err = s.writePacket(frame, st.wdl.wait())
+		err = s.writePacket(frame, &st.wdl)
 	}
 	if err == nil {
 		if !st.isClient {
@@ -520,7 +592,7 @@ func (st *Stream) flushPending() {
 	}
 	st.markSynSentLocked()
 	st.mu.Unlock()
-	_ = s.writePacketOpt(pending, nil, true)
+	_ = s.writePacketOpt(pending, nil, 0, true)
 }
 
 func (st *Stream) markSynSentLocked() {
@@ -600,7 +672,7 @@ func (st *Stream) CloseWrite() error {
 	id := st.id
 	st.mu.Unlock()
 	pkt := AppendFrame(pending, CmdFIN, id, nil)
-	err := s.writePacketOpt(pkt, nil, true)
+	err := s.writePacketOpt(pkt, nil, 0, true)
 	if done {
 		s.removeStream(st)
 	}
@@ -626,10 +698,10 @@ func (st *Stream) Close() error {
 	if sendFin {
 		st.finSent = true
 	}
-	st.mu.Unlock()
-	notify(st.readable)
 	notify(st.space)
 	notify(st.credit)
+	st.mu.Unlock()
+	notify(st.readable)
 	st.rdl.stop()
 	st.wdl.stop()
 	st.reportBytes()
@@ -680,9 +752,9 @@ func (st *Stream) remoteFin(s *session) {
 	st.replayOff, st.replay = true, nil
 	remove := !half || st.finSent || st.closed
 	st.stopTimersLocked()
+	notify(st.credit)
 	st.mu.Unlock()
 	notify(st.readable)
-	notify(st.credit)
 	if remove {
 		s.removeStream(st)
 	}
@@ -703,10 +775,10 @@ func (st *Stream) reset(err error, sendFin bool) {
 	sendFin = sendFin && !st.finSent && st.pending == nil
 	st.finSent = true
 	st.pending = nil
-	st.mu.Unlock()
-	notify(st.readable)
 	notify(st.space)
 	notify(st.credit)
+	st.mu.Unlock()
+	notify(st.readable)
 	if sendFin {
 		var abort []byte
 		if s.halfClose.Load() {
@@ -729,10 +801,10 @@ func (st *Stream) sessionDone(err error) {
 	st.stopTimersLocked()
 	st.pending = nil
 	st.removed = true
-	st.mu.Unlock()
-	notify(st.readable)
 	notify(st.space)
 	notify(st.credit)
+	st.mu.Unlock()
+	notify(st.readable)
 }
 
 // synAck handles cmdSYNACK (client).
