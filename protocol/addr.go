@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -160,7 +161,7 @@ func ReadAddr(r io.Reader) (Addr, error) {
 		}
 		host := string(buf[:n])
 		// A domain field holding an IP literal is treated as that IP, as peers do.
-		if ip, err := netip.ParseAddr(host); err == nil && ip.Zone() == "" {
+		if ip, err := parseIPLiteral(host); err == nil && ip.Zone() == "" {
 			a.IP = ip.Unmap()
 		} else {
 			a.Fqdn = host
@@ -171,6 +172,22 @@ func ReadAddr(r io.Reader) (Addr, error) {
 	}
 	return a, nil
 }
+
+// parseIPLiteral is netip.ParseAddr for a host that is most often a domain: a host with a
+// character no unzoned IP literal has fails at once, without the error value netip would make.
+// (A zoned literal fails too; the caller treats it as a domain either way.)
+func parseIPLiteral(host string) (netip.Addr, error) {
+	for i := 0; i < len(host); i++ {
+		switch c := host[i]; {
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F', c == '.', c == ':':
+		default:
+			return netip.Addr{}, errNotIP
+		}
+	}
+	return netip.ParseAddr(host)
+}
+
+var errNotIP = errors.New("not an IP literal")
 
 // ParseAddrBytes decodes one SOCKS address from the start of b and returns its length.
 func ParseAddrBytes(b []byte) (Addr, int, error) {

@@ -103,3 +103,56 @@ func benchEngine(b *testing.B, upload bool) {
 
 func BenchmarkEngineUpload(b *testing.B)   { benchEngine(b, true) }
 func BenchmarkEngineDownload(b *testing.B) { benchEngine(b, false) }
+
+// BenchmarkEngineOpen: open a stream on a warm client, echo one byte through the server's
+// handler (no outbound dial: the engine's own cost per stream), close.
+func BenchmarkEngineOpen(b *testing.B) {
+	ln, ccfg := benchTLS(b)
+	srv, err := protocol.NewServer(protocol.ServerConfig{
+		Users: []protocol.User{{Name: "u", Password: "p"}},
+		Handler: func(ctx context.Context, st *protocol.Stream) {
+			defer st.Close()
+			st.Report(nil)
+			io.Copy(st, st)
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	go srv.Serve(context.Background(), ln)
+	client, err := protocol.NewClient(protocol.ClientConfig{
+		Password: "p",
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			d := tls.Dialer{Config: ccfg}
+			return d.DialContext(ctx, "tcp", ln.Addr().String())
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	dest := protocol.Addr{Fqdn: "echo.test", Port: 7}
+	one := []byte{'x'}
+	open := func() {
+		st, err := client.OpenStream(context.Background(), dest)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := st.Write(one); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(st, one); err != nil {
+			b.Fatal(err)
+		}
+		st.Close()
+	}
+	for range 100 {
+		open()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		open()
+	}
+}

@@ -76,7 +76,8 @@ func (c *Client) OpenStream(ctx context.Context, dest Addr) (*Stream, error) {
 	if !dest.IsValid() {
 		return nil, fmt.Errorf("%w: empty destination", ErrBadAddress)
 	}
-	if _, err := dest.AppendTo(nil); err != nil {
+	var enc [1 + 1 + 255 + 2]byte
+	if _, err := dest.AppendTo(enc[:0]); err != nil {
 		return nil, err
 	}
 	st := newStream(nil, 0, dest)
@@ -332,9 +333,9 @@ func (s *session) attachStream(st *Stream, fresh bool) error {
 	s.streams[id] = st
 	s.mu.Unlock()
 
-	prefix := AppendFrame(nil, CmdSYN, id, nil)
 	var addr [1 + 1 + 255 + 2]byte
 	a, _ := st.dest.AppendTo(addr[:0])
+	prefix := AppendFrame(make([]byte, 0, 2*HeaderSize+len(a)), CmdSYN, id, nil)
 	prefix = AppendFrame(prefix, CmdPSH, id, a)
 
 	st.mu.Lock()

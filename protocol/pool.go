@@ -3,10 +3,13 @@ package protocol
 import (
 	"math/bits"
 	"sync"
+	"unsafe"
 )
 
 // Buffers for frame data come from size-classed pools (powers of two, 64 B .. 128 KiB), so the
-// data path allocates nothing per frame in steady state.
+// data path allocates nothing per frame in steady state. A pool holds the pointer to a buffer's
+// first byte (its capacity is the class size): a pointer goes into an interface without an
+// allocation, where a slice (or a pointer to a fresh slice header) would take one per Put.
 const (
 	minPoolShift = 6
 	maxPoolShift = 17
@@ -27,8 +30,8 @@ func getBuf(n int) []byte {
 	if i >= len(bufPools) {
 		return make([]byte, n)
 	}
-	if p, ok := bufPools[i].Get().(*[]byte); ok {
-		return (*p)[:n]
+	if p, ok := bufPools[i].Get().(*byte); ok {
+		return unsafe.Slice(p, 1<<(i+minPoolShift))[:n]
 	}
 	return make([]byte, n, 1<<(i+minPoolShift))
 }
@@ -43,6 +46,5 @@ func putBuf(b []byte) {
 	if i >= len(bufPools) {
 		return
 	}
-	b = b[:0]
-	bufPools[i].Put(&b)
+	bufPools[i].Put(unsafe.SliceData(b[:1]))
 }

@@ -264,9 +264,9 @@ func (s *session) acquireWrite(dl *deadline, timeout time.Duration) error {
 
 // writeControl writes one control frame and waits for it, bounded by DefaultWriteTimeout.
 func (s *session) writeControl(cmd Command, sid uint32, data []byte) {
-	var small [HeaderSize + 64]byte
-	frame := AppendFrame(small[:0], cmd, sid, data)
+	frame := AppendFrame(getBuf(HeaderSize + len(data))[:0], cmd, sid, data)
 	_ = s.writePacketOpt(frame, nil, DefaultWriteTimeout, true)
+	putBuf(frame)
 }
 
 // finAbort is the data of a cmdFIN that resets a stream. Only where half-close was negotiated

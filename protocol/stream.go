@@ -25,8 +25,8 @@ type Stream struct {
 	mu       sync.Mutex
 	sess     *session
 	id       uint32
-	rq       [][]byte // buffered data chunks (pooled)
-	roff     int      // read offset into rq[0]
+	rq       chunkQueue // buffered data chunks (pooled)
+	roff     int        // read offset into the first chunk
 	rbytes   int
 	rerr     error         // no more data will arrive after the buffer: io.EOF or the reason
 	werr     error         // writes fail with this
@@ -160,23 +160,18 @@ func (st *Stream) Read(b []byte) (int, error) {
 func (st *Stream) bufferedAddr() (Addr, bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if len(st.rq) == 0 {
+	if st.rq.len() == 0 {
 		return Addr{}, false
 	}
-	c := st.rq[0]
+	c := st.rq.front()
 	a, n, err := ParseAddrBytes(c[st.roff:])
 	if err != nil {
 		return Addr{}, false
 	}
 	st.roff += n
 	if st.roff == len(c) {
-		putBuf(c)
-		st.rq[0] = nil
-		st.rq = st.rq[1:]
+		putBuf(st.rq.pop())
 		st.roff = 0
-		if len(st.rq) == 0 {
-			st.rq = nil
-		}
 	}
 	st.rbytes -= n
 	st.consumedLocked(n)
@@ -184,23 +179,61 @@ func (st *Stream) bufferedAddr() (Addr, bool) {
 	return a, true
 }
 
+// chunkQueue is a FIFO of received chunks. It keeps its backing array between bursts (a stream
+// whose reader keeps up empties it at every frame), unless that grew large.
+type chunkQueue struct {
+	q    [][]byte
+	head int
+}
+
+func (q *chunkQueue) len() int { return len(q.q) - q.head }
+
+func (q *chunkQueue) front() []byte { return q.q[q.head] }
+
+func (q *chunkQueue) push(c []byte) {
+	if q.head > 0 && len(q.q) == cap(q.q) { // full: move the live chunks to the front
+		n := copy(q.q, q.q[q.head:])
+		clear(q.q[n:])
+		q.q, q.head = q.q[:n], 0
+	}
+	q.q = append(q.q, c)
+}
+
+func (q *chunkQueue) pop() []byte {
+	c := q.q[q.head]
+	q.q[q.head] = nil
+	q.head++
+	if q.head == len(q.q) {
+		q.head = 0
+		if cap(q.q) > 16 {
+			q.q = nil // a deep queue drained: do not keep its array
+		} else {
+			q.q = q.q[:0]
+		}
+	}
+	return c
+}
+
+// free returns every chunk to the pool and drops the array.
+func (q *chunkQueue) free() {
+	for _, c := range q.q[q.head:] {
+		putBuf(c)
+	}
+	q.q, q.head = nil, 0
+}
+
 // readLocked copies buffered data into b and frees consumed chunks.
 func (st *Stream) readLocked(b []byte) int {
 	n := 0
-	for n < len(b) && len(st.rq) > 0 {
-		c := st.rq[0]
+	for n < len(b) && st.rq.len() > 0 {
+		c := st.rq.front()
 		k := copy(b[n:], c[st.roff:])
 		n += k
 		st.roff += k
 		if st.roff == len(c) {
-			putBuf(c)
-			st.rq[0] = nil
-			st.rq = st.rq[1:]
+			putBuf(st.rq.pop())
 			st.roff = 0
 		}
-	}
-	if len(st.rq) == 0 {
-		st.rq = nil
 	}
 	st.rbytes -= n
 	st.consumedLocked(n)
@@ -228,14 +261,9 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
 		st.mu.Lock()
-		if len(st.rq) > 0 {
-			c := st.rq[0][st.roff:]
-			chunk := st.rq[0]
-			st.rq[0] = nil
-			st.rq = st.rq[1:]
-			if len(st.rq) == 0 {
-				st.rq = nil
-			}
+		if st.rq.len() > 0 {
+			chunk := st.rq.pop()
+			c := chunk[st.roff:]
 			st.roff = 0
 			st.rbytes -= len(c)
 			st.consumedLocked(len(c))
@@ -325,7 +353,7 @@ func (st *Stream) push(s *session, data []byte, limit int, stallTimeout time.Dur
 		stall.Stop()
 		s.readerBlocked.Add(-1)
 	}
-	st.rq = append(st.rq, data)
+	st.rq.push(data)
 	st.rbytes += len(data)
 	if s.flowControl.Load() && st.stallTimer == nil && st.rbytes > s.cfg.bufferSize/2 {
 		// With flow control the sender stops by itself and nothing here blocks; a reader that
@@ -717,10 +745,8 @@ func (st *Stream) Close() error {
 }
 
 func (st *Stream) freeLocked() {
-	for _, c := range st.rq {
-		putBuf(c)
-	}
-	st.rq, st.roff, st.rbytes = nil, 0, 0
+	st.rq.free()
+	st.roff, st.rbytes = 0, 0
 	st.replay = nil
 }
 
