@@ -66,6 +66,8 @@ type Stream struct {
 	reported   bool
 	earlyAcked bool
 	earlyTimer *time.Timer
+	ackPending bool        // success reported, cmdSYNACK not written yet (rides with the first data)
+	ackTimer   *time.Timer // writes a pending cmdSYNACK alone when no data came in time
 	upBytes    atomic.Int64
 	downBytes  atomic.Int64
 
@@ -541,6 +543,11 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 	if pending != nil {
 		st.markSynSentLocked()
 	}
+	var ack [HeaderSize]byte
+	if st.takeAckLocked() { // server: the SYNACK goes first, in the same record
+		PutFrameHeader(ack[:], CmdSYNACK, id, 0)
+		pending = ack[:]
+	}
 	if st.isClient && !st.replayOff {
 		if len(st.replay)+n > maxReplay {
 			st.replayOff, st.replay = true, nil
@@ -698,6 +705,9 @@ func (st *Stream) CloseWrite() error {
 	}
 	done := st.finRecv
 	id := st.id
+	if st.takeAckLocked() { // server: success reported, no data sent yet
+		pending = AppendFrame(pending, CmdSYNACK, id, nil)
+	}
 	st.mu.Unlock()
 	pkt := AppendFrame(pending, CmdFIN, id, nil)
 	err := s.writePacketOpt(pkt, nil, 0, true)
@@ -718,6 +728,7 @@ func (st *Stream) Close() error {
 	st.wclosed = true
 	st.freeLocked()
 	st.stopTimersLocked()
+	ack := st.takeAckLocked()
 	s, id := st.sess, st.id
 	neverSent := st.pending != nil
 	st.pending = nil
@@ -736,7 +747,13 @@ func (st *Stream) Close() error {
 	if s == nil {
 		return nil
 	}
-	if sendFin {
+	switch {
+	case sendFin && ack: // success reported, no data sent: the SYNACK still comes first
+		pkt := AppendFrame(getBuf(2 * HeaderSize)[:0], CmdSYNACK, id, nil)
+		pkt = AppendFrame(pkt, CmdFIN, id, nil)
+		_ = s.writePacketOpt(pkt, nil, DefaultWriteTimeout, true)
+		putBuf(pkt)
+	case sendFin:
 		s.writeControl(CmdFIN, id, nil)
 	}
 	// The stream leaves the session at once; data the peer still sends for it is discarded.
@@ -778,6 +795,9 @@ func (st *Stream) remoteFin(s *session) {
 	st.replayOff, st.replay = true, nil
 	remove := !half || st.finSent || st.closed
 	st.stopTimersLocked()
+	if remove {
+		st.takeAckLocked() // the client is done with the stream
+	}
 	notify(st.credit)
 	st.mu.Unlock()
 	notify(st.readable)
@@ -798,6 +818,7 @@ func (st *Stream) reset(err error, sendFin bool) {
 	}
 	st.freeLocked()
 	st.stopTimersLocked()
+	st.takeAckLocked()
 	sendFin = sendFin && !st.finSent && st.pending == nil
 	st.finSent = true
 	st.pending = nil
@@ -825,6 +846,7 @@ func (st *Stream) sessionDone(err error) {
 		st.werr = err
 	}
 	st.stopTimersLocked()
+	st.takeAckLocked()
 	st.pending = nil
 	st.removed = true
 	notify(st.space)
@@ -868,6 +890,18 @@ func (st *Stream) Report(err error) {
 	early := st.earlyAcked
 	s, id := st.sess, st.id
 	st.mu.Unlock()
+	if err == nil && !early && s.peerVersion.Load() >= 2 {
+		// The client sent its first data with the SYN, so the destination's answer often
+		// follows within moments: the SYNACK goes out in the same record as it (one write and
+		// one wake-up less at each end), or alone after synAckCoalesceDelay.
+		st.mu.Lock()
+		if !st.closed && !st.removed && st.rerr == nil {
+			st.ackPending = true
+			st.ackTimer = time.AfterFunc(synAckCoalesceDelay, st.flushAck)
+		}
+		st.mu.Unlock()
+		return
+	}
 	if !early && s.peerVersion.Load() >= 2 {
 		var text []byte
 		if err != nil {
@@ -881,6 +915,40 @@ func (st *Stream) Report(err error) {
 	if err != nil {
 		st.Close()
 	}
+}
+
+// synAckCoalesceDelay bounds how long a successful cmdSYNACK waits for the stream's first data
+// (as the client's SYN waits for its first data on a reused session). Deployed clients watch
+// for the SYNACK for 3 s; ours judge a session by heartbeats.
+const synAckCoalesceDelay = 5 * time.Millisecond
+
+// flushAck writes a pending cmdSYNACK that no data carried.
+func (st *Stream) flushAck() {
+	st.wmu.Lock() // after a data write in progress, which may carry it
+	defer st.wmu.Unlock()
+	st.mu.Lock()
+	if !st.ackPending || st.closed || st.removed {
+		st.mu.Unlock()
+		return
+	}
+	st.ackPending = false
+	st.ackTimer = nil
+	s, id := st.sess, st.id
+	st.mu.Unlock()
+	s.writeControl(CmdSYNACK, id, nil)
+}
+
+// takeAckLocked clears a pending cmdSYNACK for the caller to send (true) or drop.
+func (st *Stream) takeAckLocked() bool {
+	if !st.ackPending {
+		return false
+	}
+	st.ackPending = false
+	if st.ackTimer != nil {
+		st.ackTimer.Stop()
+		st.ackTimer = nil
+	}
+	return true
 }
 
 func (st *Stream) earlyAck() {

@@ -3,6 +3,7 @@ package protocol
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -213,5 +214,108 @@ func TestSynAckAcceptedImmediately(t *testing.T) {
 			t.Fatalf("Read = %v", err)
 		}
 		st.Close()
+	})
+}
+
+// recordsWith returns the server's writes (records) that hold a frame with command cmd, each
+// as its frames.
+func recordsWith(t *testing.T, c *recConn, cmd Command) [][]rawFrame {
+	t.Helper()
+	var out [][]rawFrame
+	for _, w := range c.Writes() {
+		frames := parseFrames(t, w)
+		if countCmd(frames, cmd) > 0 {
+			out = append(out, frames)
+		}
+	}
+	return out
+}
+
+// A successful SYNACK waits briefly for the stream's first data and goes out in the same
+// record, first; with no data in time it goes alone; a stream closed with no data sends it
+// before its FIN. The client sees the same frames in the same order in every case.
+func TestSynAckCoalescing(t *testing.T) {
+	cases := []struct {
+		name    string
+		handler func(ctx context.Context, st *Stream)
+		want    []Command // the commands of the record holding the SYNACK (cmdWaste aside)
+	}{
+		{"rides with the first data", func(ctx context.Context, st *Stream) {
+			defer st.Close()
+			st.Report(nil)
+			st.Write([]byte("hello"))
+			io.Copy(io.Discard, st)
+		}, []Command{CmdSYNACK, CmdPSH}},
+		{"alone when the data is late", func(ctx context.Context, st *Stream) {
+			defer st.Close()
+			st.Report(nil)
+			time.Sleep(time.Second)
+			st.Write([]byte("hello"))
+			io.Copy(io.Discard, st)
+		}, []Command{CmdSYNACK}},
+		{"before the FIN of a stream closed with no data", func(ctx context.Context, st *Stream) {
+			st.Report(nil)
+			st.Close()
+		}, []Command{CmdSYNACK, CmdFIN}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := newMemPair(t, ServerConfig{Handler: c.handler}, ClientConfig{})
+				st := p.open("192.0.2.1:80")
+				defer st.Close()
+				st.Write([]byte("x"))
+				b := make([]byte, 5)
+				n, err := io.ReadFull(st, b)
+				if c.want[len(c.want)-1] == CmdFIN {
+					if n != 0 || err == nil {
+						t.Fatalf("read %q, %v; want the end of the stream", b[:n], err)
+					}
+				} else if err != nil || string(b) != "hello" {
+					t.Fatalf("read %q, %v", b[:n], err)
+				}
+				synctest.Wait()
+				recs := recordsWith(t, p.serverConn(0), CmdSYNACK)
+				if len(recs) != 1 {
+					t.Fatalf("%d records hold a SYNACK, want 1", len(recs))
+				}
+				var got []Command
+				for _, f := range recs[0] {
+					if f.Cmd != CmdWaste {
+						got = append(got, f.Cmd)
+					}
+				}
+				if fmt.Sprint(got) != fmt.Sprint(c.want) {
+					t.Fatalf("record holding the SYNACK: %v, want %v", got, c.want)
+				}
+			})
+		})
+	}
+}
+
+// A stream whose client half-closes right after its request still gets its SYNACK in time
+// when the answer takes long (the client's SYNACK wait must not run out).
+func TestSynAckAfterClientHalfClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newMemPair(t, ServerConfig{Handler: func(ctx context.Context, st *Stream) {
+			defer st.Close()
+			st.Report(nil)
+			io.Copy(io.Discard, st) // until the client's CloseWrite
+			time.Sleep(10 * time.Second)
+			st.Write([]byte("late"))
+		}}, ClientConfig{})
+		st2 := p.open("192.0.2.1:80")
+		defer st2.Close()
+		st2.Write([]byte("GET"))
+		if err := st2.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(st2)
+		if err != nil || string(b) != "late" {
+			t.Fatalf("read %q, %v; want the late answer", b, err)
+		}
+		if recs := recordsWith(t, p.serverConn(0), CmdSYNACK); len(recs) != 1 || len(recs[0]) != 1 {
+			t.Fatalf("records holding a SYNACK: %v, want one holding only it", recs)
+		}
 	})
 }

@@ -270,12 +270,18 @@ func (m *schemeModel) checkGrouped(r shapeRules, padded bool, first int, frames 
 			return false
 		}
 		n := 0
+		control := frames[f].control
 		for g := f; g < len(frames); g++ {
-			if frames[g].control != frames[f].control {
-				break
+			if frames[g].control != control {
+				if !control {
+					break
+				}
+				// Control frames may lead a data packet (our server's cmdSYNACK rides with
+				// the stream's first data): the packet is then a data packet.
+				control = false
 			}
 			n += frames[g].n
-			p := packet{n: n, control: frames[f].control, what: fmt.Sprintf("frames %d..%d", f, g)}
+			p := packet{n: n, control: control, what: fmt.Sprintf("frames %d..%d", f, g)}
 			j, err := m.consume(r, padded, k, p, recs, i)
 			if err != nil {
 				lastErr = err
