@@ -164,26 +164,35 @@ func TestUsersReloadInPlace(t *testing.T) {
 		}
 	}
 	// mihomo's connection list (what GET /connections serves) names each stream's user, with
-	// its traffic.
-	snap, err := json.Marshal(statistic.DefaultManager.Snapshot())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns struct {
-		Connections []struct {
-			Metadata struct {
-				InboundUser string `json:"inboundUser"`
-				InboundName string `json:"inboundName"`
-			} `json:"metadata"`
-			Upload int64 `json:"upload"`
-		} `json:"connections"`
-	}
-	json.Unmarshal(snap, &conns)
-	seen := map[string]int64{}
-	for _, c := range conns.Connections {
-		if c.Metadata.InboundName == "anytls-in" {
-			seen[c.Metadata.InboundUser] += c.Upload
+	// its traffic. Its relay counts a write after it returns, which can be after the echo is
+	// back: look again for a while.
+	var seen map[string]int64
+	var snap []byte
+	for wait := time.Now().Add(timeout); ; {
+		snap, err = json.Marshal(statistic.DefaultManager.Snapshot())
+		if err != nil {
+			t.Fatal(err)
 		}
+		var conns struct {
+			Connections []struct {
+				Metadata struct {
+					InboundUser string `json:"inboundUser"`
+					InboundName string `json:"inboundName"`
+				} `json:"metadata"`
+				Upload int64 `json:"upload"`
+			} `json:"connections"`
+		}
+		json.Unmarshal(snap, &conns)
+		seen = map[string]int64{}
+		for _, c := range conns.Connections {
+			if c.Metadata.InboundName == "anytls-in" {
+				seen[c.Metadata.InboundUser] += c.Upload
+			}
+		}
+		if seen["alice"] >= 3000 && seen["bob"] >= 3000 || time.Now().After(wait) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	t.Logf("mihomo connections by user (upload bytes): %v", seen)
 	if seen["alice"] < 3000 || seen["bob"] < 3000 {
