@@ -367,8 +367,15 @@ func (s *session) handleServerFrame(h FrameHeader) error {
 			return nil
 		}
 		s.gotSettings = true
+		// The answers ride with the session's next packet (normally the first stream's SYNACK
+		// and data), unless the client asked for flow control: it may not rely on it before the
+		// answer arrives, so that goes at once.
+		queue := s.queueControlSoon
+		if settings.window() > 0 {
+			queue = s.queueControl
+		}
 		if settings[settingPaddingMD5] != srv.cfg.PaddingScheme.md5 {
-			s.queueControl(CmdUpdatePaddingScheme, 0, srv.cfg.PaddingScheme.raw)
+			queue(CmdUpdatePaddingScheme, 0, srv.cfg.PaddingScheme.raw)
 		}
 		if v := min(settings.Version(), s.cfg.maxVersion); v >= 2 {
 			s.peerVersion.Store(int32(v))
@@ -382,7 +389,7 @@ func (s *session) handleServerFrame(h FrameHeader) error {
 				s.peerWindow.Store(w)
 				s.flowControl.Store(true)
 			}
-			s.queueControl(CmdServerSettings, 0, reply.Encode())
+			queue(CmdServerSettings, 0, reply.Encode())
 		}
 		return nil
 	case CmdSYN:

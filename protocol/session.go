@@ -47,6 +47,8 @@ type session struct {
 	ctrlMu      sync.Mutex
 	ctrlBuf     []byte
 	ctrlRunning bool
+	ctrlTimer   *time.Timer // flushes frames queued by queueControlSoon that no packet carried
+	ctrlQueued  atomic.Bool // ctrlBuf is not empty
 
 	mu        sync.Mutex
 	streams   map[uint32]*Stream
@@ -142,6 +144,10 @@ func (s *session) writePacketOpt(b []byte, dl *deadline, timeout time.Duration, 
 	if s.isClosed() {
 		<-s.wsem
 		return s.closeErr()
+	}
+	if q := s.takeQueuedControl(); q != nil {
+		// Queued control frames go first, in this packet (they were queued before it).
+		b = append(q, b...)
 	}
 	seq := s.writesStarted.Add(1)
 	var err error
@@ -289,6 +295,7 @@ func (s *session) queueControl(cmd Command, sid uint32, data []byte) {
 		return
 	}
 	s.ctrlBuf = AppendFrame(s.ctrlBuf, cmd, sid, data)
+	s.ctrlQueued.Store(true)
 	start := !s.ctrlRunning
 	s.ctrlRunning = true
 	s.ctrlMu.Unlock()
@@ -297,11 +304,64 @@ func (s *session) queueControl(cmd Command, sid uint32, data []byte) {
 	}
 }
 
+// ctrlCoalesceDelay bounds how long a frame queued by queueControlSoon waits for a packet to
+// ride in.
+const ctrlCoalesceDelay = 5 * time.Millisecond
+
+// queueControlSoon queues a control frame that the next packet of the session carries (the
+// server's settings answer, with the first stream's SYNACK and data: one write and one wake-up
+// less per session at each end), or that goes alone after ctrlCoalesceDelay. The caller never
+// blocks.
+func (s *session) queueControlSoon(cmd Command, sid uint32, data []byte) {
+	s.ctrlMu.Lock()
+	defer s.ctrlMu.Unlock()
+	s.ctrlBuf = AppendFrame(s.ctrlBuf, cmd, sid, data)
+	s.ctrlQueued.Store(true)
+	if !s.ctrlRunning && s.ctrlTimer == nil {
+		s.ctrlTimer = time.AfterFunc(ctrlCoalesceDelay, s.flushControlLater)
+	}
+}
+
+// flushControlLater writes what queueControlSoon queued and no packet carried (timer goroutine).
+func (s *session) flushControlLater() {
+	s.ctrlMu.Lock()
+	s.ctrlTimer = nil
+	start := !s.ctrlRunning && len(s.ctrlBuf) > 0
+	if start {
+		s.ctrlRunning = true
+	}
+	s.ctrlMu.Unlock()
+	if start {
+		s.flushControl()
+	}
+}
+
+// takeQueuedControl returns the queued control frames for the caller to write, or nil.
+func (s *session) takeQueuedControl() []byte {
+	if !s.ctrlQueued.Load() {
+		return nil
+	}
+	s.ctrlMu.Lock()
+	defer s.ctrlMu.Unlock()
+	q := s.ctrlBuf
+	s.ctrlBuf = nil
+	s.ctrlQueued.Store(false)
+	if s.ctrlTimer != nil {
+		s.ctrlTimer.Stop()
+		s.ctrlTimer = nil
+	}
+	if len(q) == 0 {
+		return nil
+	}
+	return q
+}
+
 func (s *session) flushControl() {
 	for {
 		s.ctrlMu.Lock()
 		b := s.ctrlBuf
 		s.ctrlBuf = nil
+		s.ctrlQueued.Store(false)
 		if len(b) == 0 || s.isClosed() {
 			s.ctrlRunning = false
 			s.ctrlMu.Unlock()
@@ -683,6 +743,12 @@ func (s *session) close(err error) {
 		s.idleTimer.Stop()
 	}
 	s.hbMu.Unlock()
+	s.ctrlMu.Lock()
+	if s.ctrlTimer != nil {
+		s.ctrlTimer.Stop()
+		s.ctrlTimer = nil
+	}
+	s.ctrlMu.Unlock()
 	if s.cancel != nil {
 		s.cancel()
 	}

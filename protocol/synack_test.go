@@ -233,7 +233,8 @@ func recordsWith(t *testing.T, c *recConn, cmd Command) [][]rawFrame {
 
 // A successful SYNACK waits briefly for the stream's first data and goes out in the same
 // record, first; with no data in time it goes alone; a stream closed with no data sends it
-// before its FIN. The client sees the same frames in the same order in every case.
+// before its FIN. The client sees the same frames in the same order in every case. On a fresh
+// session the server's settings answer (no flow control asked) rides in that record too.
 func TestSynAckCoalescing(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -245,18 +246,18 @@ func TestSynAckCoalescing(t *testing.T) {
 			st.Report(nil)
 			st.Write([]byte("hello"))
 			io.Copy(io.Discard, st)
-		}, []Command{CmdSYNACK, CmdPSH}},
+		}, []Command{CmdServerSettings, CmdSYNACK, CmdPSH}},
 		{"alone when the data is late", func(ctx context.Context, st *Stream) {
 			defer st.Close()
 			st.Report(nil)
 			time.Sleep(time.Second)
 			st.Write([]byte("hello"))
 			io.Copy(io.Discard, st)
-		}, []Command{CmdSYNACK}},
+		}, []Command{CmdServerSettings, CmdSYNACK}},
 		{"before the FIN of a stream closed with no data", func(ctx context.Context, st *Stream) {
 			st.Report(nil)
 			st.Close()
-		}, []Command{CmdSYNACK, CmdFIN}},
+		}, []Command{CmdServerSettings, CmdSYNACK, CmdFIN}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
