@@ -253,7 +253,7 @@ func TestSynAckCoalescing(t *testing.T) {
 			time.Sleep(time.Second)
 			st.Write([]byte("hello"))
 			io.Copy(io.Discard, st)
-		}, []Command{CmdServerSettings, CmdSYNACK}},
+		}, []Command{CmdSYNACK}}, // the settings answer, due at the same moment, may share it
 		{"before the FIN of a stream closed with no data", func(ctx context.Context, st *Stream) {
 			st.Report(nil)
 			st.Close()
@@ -282,7 +282,8 @@ func TestSynAckCoalescing(t *testing.T) {
 				}
 				var got []Command
 				for _, f := range recs[0] {
-					if f.Cmd != CmdWaste {
+					settingsOptional := c.want[0] != CmdServerSettings
+					if f.Cmd != CmdWaste && (f.Cmd != CmdServerSettings || !settingsOptional) {
 						got = append(got, f.Cmd)
 					}
 				}
@@ -315,8 +316,10 @@ func TestSynAckAfterClientHalfClose(t *testing.T) {
 		if err != nil || string(b) != "late" {
 			t.Fatalf("read %q, %v; want the late answer", b, err)
 		}
-		if recs := recordsWith(t, p.serverConn(0), CmdSYNACK); len(recs) != 1 || len(recs[0]) != 1 {
-			t.Fatalf("records holding a SYNACK: %v, want one holding only it", recs)
+		// It went before the answer, alone (the settings answer may share its record).
+		recs := recordsWith(t, p.serverConn(0), CmdSYNACK)
+		if len(recs) != 1 || countCmd(recs[0], CmdPSH) != 0 {
+			t.Fatalf("records holding a SYNACK: %v, want one, without data", recs)
 		}
 	})
 }

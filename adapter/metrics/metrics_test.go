@@ -158,8 +158,13 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	echo(t, st, 100_000)
-	// The stream is still open: the scrape itself collects its bytes.
-	s = r.scrape(t)
+	// The stream is still open: the scrape itself collects its bytes. The server counts a
+	// write once it returned, which can be a moment after the client read the echo.
+	s = r.waitFor(t, "bob's bytes while the stream is open", func(s metricstest.Samples) bool {
+		up, _ := s.Get("anytls_user_bytes_total", "user", "bob", "direction", "up")
+		down, _ := s.Get("anytls_user_bytes_total", "user", "bob", "direction", "down")
+		return up >= hdr+100_000 && down >= 100_000
+	})
 	want(t, s, hdr+100_000, "anytls_user_bytes_total", "user", "bob", "direction", "up")
 	want(t, s, 100_000, "anytls_user_bytes_total", "user", "bob", "direction", "down")
 	want(t, s, 1, "anytls_sessions", "user", "bob")
