@@ -68,8 +68,9 @@ func (d *deadline) passed() bool {
 func (d *deadline) stop() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.timer != nil {
-		d.timer.Stop()
+	// Forget a timer that will not fire: set waits for the callback of one that did.
+	if d.timer != nil && d.timer.Stop() {
+		d.timer = nil
 	}
 }
 

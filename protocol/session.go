@@ -141,6 +141,12 @@ func (s *session) writePacketOpt(b []byte, dl *deadline, timeout time.Duration, 
 	if err := s.acquireWrite(dl, timeout); err != nil {
 		return err
 	}
+	return s.writeAcquired(b, control)
+}
+
+// writeAcquired is writePacketOpt for a caller that took the write slot (acquireWrite); it
+// gives the slot back.
+func (s *session) writeAcquired(b []byte, control bool) error {
 	if s.isClosed() {
 		<-s.wsem
 		return s.closeErr()

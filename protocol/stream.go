@@ -544,7 +544,8 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 		st.markSynSentLocked()
 	}
 	var ack [HeaderSize]byte
-	if st.takeAckLocked() { // server: the SYNACK goes first, in the same record
+	tookAck := st.takeAckLocked()
+	if tookAck { // server: the SYNACK goes first, in the same record
 		PutFrameHeader(ack[:], CmdSYNACK, id, 0)
 		pending = ack[:]
 	}
@@ -576,6 +577,9 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 		return nil
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if pending != nil {
+			st.requeue(pending, tookAck)
+		}
 		return err
 	}
 	// The session failed. If the client moves this stream to a fresh session, the data is
@@ -895,7 +899,7 @@ func (st *Stream) Report(err error) {
 		// follows within moments: the SYNACK goes out in the same record as it (one write and
 		// one wake-up less at each end), or alone after synAckCoalesceDelay.
 		st.mu.Lock()
-		if !st.closed && !st.removed && st.rerr == nil {
+		if !st.closed && !st.removed && st.werr == nil { // a half-closed stream is still answered
 			st.ackPending = true
 			st.ackTimer = time.AfterFunc(synAckCoalesceDelay, st.flushAck)
 		}
@@ -917,6 +921,29 @@ func (st *Stream) Report(err error) {
 	}
 }
 
+// requeue puts back what a packet whose write deadline passed before it was written was to
+// carry first: the client's SYN and address, or the server's SYNACK. The next packet carries it,
+// or its timer sends it alone.
+func (st *Stream) requeue(pending []byte, ack bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.closed || st.removed || st.werr != nil {
+		return
+	}
+	switch {
+	case ack:
+		if !st.ackPending {
+			st.ackPending = true
+			st.ackTimer = time.AfterFunc(synAckCoalesceDelay, st.flushAck)
+		}
+	case st.pending == nil && !st.finSent:
+		st.pending = pending
+		if st.flushTimer == nil {
+			st.flushTimer = time.AfterFunc(synCoalesceDelay, st.flushPending)
+		}
+	}
+}
+
 // synAckCoalesceDelay bounds how long a successful cmdSYNACK waits for the stream's first data
 // (as the client's SYN waits for its first data on a reused session). Deployed clients watch
 // for the SYNACK for 3 s; ours judge a session by heartbeats.
@@ -927,15 +954,32 @@ func (st *Stream) flushAck() {
 	st.wmu.Lock() // after a data write in progress, which may carry it
 	defer st.wmu.Unlock()
 	st.mu.Lock()
-	if !st.ackPending || st.closed || st.removed {
+	s := st.sess
+	if !st.ackPending || st.closed || st.removed || s == nil {
 		st.mu.Unlock()
 		return
 	}
-	st.ackPending = false
-	st.ackTimer = nil
-	s, id := st.sess, st.id
 	st.mu.Unlock()
-	s.writeControl(CmdSYNACK, id, nil)
+	// Take the session's write slot before claiming the ack: a Close meanwhile claims it and
+	// sends it with its FIN, or finds it claimed and writes its FIN after this.
+	if s.acquireWrite(nil, DefaultWriteTimeout) != nil {
+		return
+	}
+	st.mu.Lock()
+	claimed := st.ackPending && !st.closed && !st.removed && st.sess == s
+	if claimed {
+		st.ackPending = false
+		st.ackTimer = nil
+	}
+	id := st.id
+	st.mu.Unlock()
+	if !claimed {
+		<-s.wsem
+		return
+	}
+	frame := AppendFrame(getBuf(HeaderSize)[:0], CmdSYNACK, id, nil)
+	_ = s.writeAcquired(frame, true)
+	putBuf(frame)
 }
 
 // takeAckLocked clears a pending cmdSYNACK for the caller to send (true) or drop.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -320,6 +321,92 @@ func TestSynAckAfterClientHalfClose(t *testing.T) {
 		recs := recordsWith(t, p.serverConn(0), CmdSYNACK)
 		if len(recs) != 1 || countCmd(recs[0], CmdPSH) != 0 {
 			t.Fatalf("records holding a SYNACK: %v, want one, without data", recs)
+		}
+	})
+}
+
+// A client that half-closes before the server's dial finishes (HTTP/1.0 style) still gets its
+// SYNACK, and its stream survives the client's SYNACK wait.
+func TestSynAckAfterHalfCloseBeforeReport(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newMemPair(t, ServerConfig{Handler: func(ctx context.Context, st *Stream) {
+			defer st.Close()
+			io.ReadAll(st) // the whole request, to the client's CloseWrite
+			st.Report(nil)
+			st.Write([]byte("part 1 "))
+			time.Sleep(20 * time.Second)
+			st.Write([]byte("part 2"))
+		}}, ClientConfig{SynAckTimeout: 3 * time.Second})
+		st := p.open("example.com:80")
+		defer st.Close()
+		st.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		st.CloseWrite()
+		got, err := io.ReadAll(st)
+		if err != nil || string(got) != "part 1 part 2" {
+			t.Fatalf("read %q, %v", got, err)
+		}
+		synctest.Wait()
+		if n := countCmd(parseFrames(t, p.serverConn(0).Bytes()), CmdSYNACK); n != 1 {
+			t.Fatalf("%d SYNACKs, want 1", n)
+		}
+	})
+}
+
+// A server write that misses its deadline waiting for the session keeps the SYNACK it was to
+// carry: the next write (or the timer) sends it.
+func TestSynAckKeptWhenWriteMissesDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newMemPair(t, ServerConfig{Handler: func(ctx context.Context, st *Stream) {
+			defer st.Close()
+			st.Report(nil)
+			s := st.sess
+			s.wsem <- struct{}{} // another stream's long write holds the session
+			st.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := st.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("write = %v, want a deadline error", err)
+			}
+			<-s.wsem
+			st.SetWriteDeadline(time.Time{})
+			st.Write([]byte("hello"))
+			io.Copy(io.Discard, st) // until the client closes
+		}}, ClientConfig{SynAckTimeout: 3 * time.Second})
+		st := p.open("example.com:80")
+		defer st.Close()
+		st.Write([]byte("hi"))
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(st, b); err != nil || string(b) != "hello" {
+			t.Fatalf("read %q, %v", b, err)
+		}
+		time.Sleep(10 * time.Second) // past the client's SYNACK wait
+		synctest.Wait()
+		if n := countCmd(parseFrames(t, p.serverConn(0).Bytes()), CmdSYNACK); n != 1 {
+			t.Fatalf("%d SYNACKs, want 1", n)
+		}
+		st.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := st.Read(b); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("stream after the SYNACK wait: %v, want it alive (a read deadline error)", err)
+		}
+	})
+}
+
+// A deadline set on a stream after Close does not hang (a stopped timer used to be waited for).
+func TestDeadlineAfterClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newMemPair(t, ServerConfig{}, ClientConfig{})
+		st := p.open("example.com:80")
+		st.SetReadDeadline(time.Now().Add(time.Hour))
+		st.Close()
+		done := make(chan struct{})
+		go func() {
+			st.SetReadDeadline(time.Now().Add(time.Minute))
+			st.SetReadDeadline(time.Time{})
+			close(done)
+		}()
+		synctest.Wait()
+		select {
+		case <-done:
+		default:
+			t.Fatal("SetReadDeadline after Close hangs")
 		}
 	})
 }
