@@ -58,20 +58,18 @@ func BenchmarkTLSBulk(b *testing.B) {
 	runBulk(b, c, s)
 }
 
-func benchEngine(b *testing.B, upload bool) {
+// benchPair starts a server with handler behind TLS on loopback and returns a client for it;
+// both are closed when the benchmark ends.
+func benchPair(b *testing.B, handler protocol.StreamHandler) *protocol.Client {
 	ln, ccfg := benchTLS(b)
-	streams := make(chan *protocol.Stream, 1)
 	srv, err := protocol.NewServer(protocol.ServerConfig{
-		Users: []protocol.User{{Name: "u", Password: "p"}},
-		Handler: func(ctx context.Context, st *protocol.Stream) {
-			st.Report(nil)
-			streams <- st
-		},
+		Users:   []protocol.User{{Name: "u", Password: "p"}},
+		Handler: handler,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer srv.Close()
+	b.Cleanup(func() { srv.Close() })
 	go srv.Serve(context.Background(), ln)
 	client, err := protocol.NewClient(protocol.ClientConfig{
 		Password: "p",
@@ -83,7 +81,16 @@ func benchEngine(b *testing.B, upload bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer client.Close()
+	b.Cleanup(func() { client.Close() })
+	return client
+}
+
+func benchEngine(b *testing.B, upload bool) {
+	streams := make(chan *protocol.Stream, 1)
+	client := benchPair(b, func(ctx context.Context, st *protocol.Stream) {
+		st.Report(nil)
+		streams <- st
+	})
 	st, err := client.OpenStream(context.Background(), protocol.Addr{Fqdn: "sink.test", Port: 9})
 	if err != nil {
 		b.Fatal(err)
@@ -107,31 +114,11 @@ func BenchmarkEngineDownload(b *testing.B) { benchEngine(b, false) }
 // BenchmarkEngineOpen: open a stream on a warm client, echo one byte through the server's
 // handler (no outbound dial: the engine's own cost per stream), close.
 func BenchmarkEngineOpen(b *testing.B) {
-	ln, ccfg := benchTLS(b)
-	srv, err := protocol.NewServer(protocol.ServerConfig{
-		Users: []protocol.User{{Name: "u", Password: "p"}},
-		Handler: func(ctx context.Context, st *protocol.Stream) {
-			defer st.Close()
-			st.Report(nil)
-			io.Copy(st, st)
-		},
+	client := benchPair(b, func(ctx context.Context, st *protocol.Stream) {
+		defer st.Close()
+		st.Report(nil)
+		io.Copy(st, st)
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close()
-	go srv.Serve(context.Background(), ln)
-	client, err := protocol.NewClient(protocol.ClientConfig{
-		Password: "p",
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			d := tls.Dialer{Config: ccfg}
-			return d.DialContext(ctx, "tcp", ln.Addr().String())
-		},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
 	dest := protocol.Addr{Fqdn: "echo.test", Port: 7}
 	one := []byte{'x'}
 	open := func() {

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -15,7 +16,13 @@ import (
 // tcpPair returns both ends of a loopback TCP connection.
 func tcpPair(t testing.TB) (a, b net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return connPair(t, "tcp", "127.0.0.1:0")
+}
+
+// connPair returns both ends of a connection made through a listener on network and address.
+func connPair(t testing.TB, network, address string) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +32,7 @@ func tcpPair(t testing.TB) (a, b net.Conn) {
 		c, _ := ln.Accept()
 		accepted <- c
 	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
+	a, err = net.Dial(network, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,16 +61,7 @@ func TestReadFromSocketSource(t *testing.T) {
 		}
 		want = append(want, b...)
 	}
-	type res struct {
-		n   int64
-		err error
-	}
-	done := make(chan res, 1)
-	go func() {
-		n, err := st.ReadFrom(src)
-		done <- res{n, err}
-	}()
-	go func() {
+	checkRelayed(t, st, want, func() (int64, error) { return st.ReadFrom(src) }, func() {
 		rest := want
 		for _, n := range []int{1, 100, alignedFrameData, alignedFrameData + 1, 3, 1 << 20, 7} {
 			app.Write(rest[:n])
@@ -71,7 +69,22 @@ func TestReadFromSocketSource(t *testing.T) {
 			time.Sleep(time.Millisecond) // let the source drain, so ReadFrom waits without a buffer
 		}
 		app.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// checkRelayed runs relay (a ReadFrom into st from a source) while send writes want into the
+// source; the echo read back from st must be want, and relay must report len(want) and no error.
+func checkRelayed(t *testing.T, st *Stream, want []byte, relay func() (int64, error), send func()) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		n, err := relay()
+		if err == nil && n != int64(len(want)) {
+			err = fmt.Errorf("relayed %d bytes, want %d", n, len(want))
+		}
+		done <- err
 	}()
+	go send()
 	got := make([]byte, len(want))
 	st.SetReadDeadline(time.Now().Add(20 * time.Second))
 	if _, err := io.ReadFull(st, got); err != nil {
@@ -80,9 +93,8 @@ func TestReadFromSocketSource(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatal("data echoed through ReadFrom differs from the data sent")
 	}
-	r := <-done
-	if r.err != nil || r.n != int64(len(want)) {
-		t.Fatalf("ReadFrom = %d, %v; want %d, nil", r.n, r.err, len(want))
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 

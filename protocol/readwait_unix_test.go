@@ -55,59 +55,20 @@ func TestReadFromTCPThroughIOCopy(t *testing.T) {
 	for i := range want {
 		want[i] = byte(rng.Uint32())
 	}
-	done := make(chan error, 1)
-	go func() {
-		n, err := io.Copy(st, src)
-		if err == nil && n != int64(len(want)) {
-			err = fmt.Errorf("io.Copy = %d bytes, want %d", n, len(want))
-		}
-		done <- err
-	}()
-	go func() {
+	checkRelayed(t, st, want, func() (int64, error) { return io.Copy(st, src) }, func() {
 		for rest := want; len(rest) > 0; {
 			k := min(len(rest), 1+rand.IntN(200<<10))
 			app.Write(rest[:k])
 			rest = rest[k:]
 		}
 		app.(*net.TCPConn).CloseWrite()
-	}()
-	got := make([]byte, len(want))
-	st.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.ReadFull(st, got); err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatal("data differs")
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	})
 }
 
 // A socket that is not a TCP connection (here a Unix socket) is waited for with a peek
 // (readWaiter) and read through its own Read: the data must arrive intact.
 func TestReadFromUnixSocketSource(t *testing.T) {
-	dir := t.TempDir()
-	ln, err := net.Listen("unix", dir+"/s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	app, err := net.Dial("unix", dir+"/s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	src := <-accepted
-	if src == nil {
-		t.Fatal("accept failed")
-	}
-	defer src.Close()
+	app, src := connPair(t, "unix", t.TempDir()+"/s")
 	if readWaiter(src) == nil || socketReader(src) != nil {
 		t.Fatal("a Unix socket must be waited for with a peek and read through its Read")
 	}
@@ -115,12 +76,7 @@ func TestReadFromUnixSocketSource(t *testing.T) {
 	st := p.open("example.com:80")
 	defer st.Close()
 	want := bytes.Repeat([]byte("0123456789abcdef"), 100<<10/16+3)
-	done := make(chan error, 1)
-	go func() {
-		_, err := st.ReadFrom(src)
-		done <- err
-	}()
-	go func() {
+	checkRelayed(t, st, want, func() (int64, error) { return st.ReadFrom(src) }, func() {
 		for rest := want; len(rest) > 0; {
 			k := min(len(rest), 7000)
 			app.Write(rest[:k])
@@ -128,16 +84,5 @@ func TestReadFromUnixSocketSource(t *testing.T) {
 			time.Sleep(100 * time.Microsecond)
 		}
 		app.(*net.UnixConn).CloseWrite()
-	}()
-	got := make([]byte, len(want))
-	st.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.ReadFull(st, got); err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatal("data differs")
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	})
 }

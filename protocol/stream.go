@@ -165,16 +165,11 @@ func (st *Stream) bufferedAddr() (Addr, bool) {
 	if st.rq.len() == 0 {
 		return Addr{}, false
 	}
-	c := st.rq.front()
-	a, n, err := ParseAddrBytes(c[st.roff:])
+	a, n, err := ParseAddrBytes(st.rq.front()[st.roff:])
 	if err != nil {
 		return Addr{}, false
 	}
-	st.roff += n
-	if st.roff == len(c) {
-		putBuf(st.rq.pop())
-		st.roff = 0
-	}
+	st.consumeFrontLocked(n)
 	st.rbytes -= n
 	st.consumedLocked(n)
 	st.upBytes.Add(int64(n))
@@ -224,18 +219,22 @@ func (q *chunkQueue) free() {
 	q.q, q.head = nil, 0
 }
 
+// consumeFrontLocked marks k more bytes of the first chunk read, and frees it once all are.
+func (st *Stream) consumeFrontLocked(k int) {
+	st.roff += k
+	if st.roff == len(st.rq.front()) {
+		putBuf(st.rq.pop())
+		st.roff = 0
+	}
+}
+
 // readLocked copies buffered data into b and frees consumed chunks.
 func (st *Stream) readLocked(b []byte) int {
 	n := 0
 	for n < len(b) && st.rq.len() > 0 {
-		c := st.rq.front()
-		k := copy(b[n:], c[st.roff:])
+		k := copy(b[n:], st.rq.front()[st.roff:])
 		n += k
-		st.roff += k
-		if st.roff == len(c) {
-			putBuf(st.rq.pop())
-			st.roff = 0
-		}
+		st.consumeFrontLocked(k)
 	}
 	st.rbytes -= n
 	st.consumedLocked(n)
