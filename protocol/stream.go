@@ -533,16 +533,17 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 	}
 	s, id := st.sess, st.id
 	st.sent += int64(n)
-	pending := st.pending
+	syn := st.pending // client: the SYN and address go first, in the same record
 	st.pending = nil
 	if st.flushTimer != nil {
 		st.flushTimer.Stop()
 		st.flushTimer = nil
 	}
-	if pending != nil {
+	if syn != nil {
 		st.markSynSentLocked()
 	}
-	var ack [HeaderSize]byte
+	pending := syn
+	var ack [HeaderSize]byte // stays on the stack: only copied from
 	tookAck := st.takeAckLocked()
 	if tookAck { // server: the SYNACK goes first, in the same record
 		PutFrameHeader(ack[:], CmdSYNACK, id, 0)
@@ -576,8 +577,8 @@ func (st *Stream) writeFrameLocked(buf []byte, n int) error {
 		return nil
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		if pending != nil {
-			st.requeue(pending, tookAck)
+		if syn != nil || tookAck {
+			st.requeue(syn, tookAck)
 		}
 		return err
 	}
@@ -921,9 +922,9 @@ func (st *Stream) Report(err error) {
 }
 
 // requeue puts back what a packet whose write deadline passed before it was written was to
-// carry first: the client's SYN and address, or the server's SYNACK. The next packet carries it,
+// carry first: the client's SYN and address (syn), or the server's SYNACK (ack). The next packet carries it,
 // or its timer sends it alone.
-func (st *Stream) requeue(pending []byte, ack bool) {
+func (st *Stream) requeue(syn []byte, ack bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.closed || st.removed || st.werr != nil {
@@ -935,8 +936,8 @@ func (st *Stream) requeue(pending []byte, ack bool) {
 			st.ackPending = true
 			st.ackTimer = time.AfterFunc(synAckCoalesceDelay, st.flushAck)
 		}
-	case st.pending == nil && !st.finSent:
-		st.pending = pending
+	case syn != nil && st.pending == nil && !st.finSent:
+		st.pending = syn
 		if st.flushTimer == nil {
 			st.flushTimer = time.AfterFunc(synCoalesceDelay, st.flushPending)
 		}
