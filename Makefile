@@ -9,8 +9,8 @@ FUZZTIME ?= 60s
 # inbound/, outbound/, the host wiring in internal/, and test/ but test/fault) run without it:
 # those libraries have data races of their own, and a race build of both hosts would also double
 # the cold build time of `make test`.
-RACE_PKGS := ./protocol/... ./option/... ./adapter/... ./internal/testcert/... ./test/fault/...
-PEER_PKGS = $(shell $(GO) list -tags $(TAGS) ./... | grep -v -E '/(protocol|option|adapter|internal/testcert|test/fault)(/|$$)')
+RACE_PKGS := ./protocol/... ./option/... ./adapter/... ./internal/testcert/... ./internal/testnet/... ./test/fault/...
+PEER_PKGS = $(shell $(GO) list -tags $(TAGS) ./... | grep -v -E '/(protocol|option|adapter|internal/testcert|internal/testnet|test/fault)(/|$$)')
 
 .PHONY: all build release run test test-race test-peers tun-prereqs bench lint fuzz soak clean
 

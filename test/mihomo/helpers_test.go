@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anytls-engine/anytls/internal/testnet"
 	"github.com/anytls-engine/anytls/protocol"
 
 	"github.com/metacubex/mihomo/adapter/outbound"
@@ -29,15 +30,11 @@ import (
 // ioTimeout bounds every exchange, so that a broken path fails a test instead of hanging it.
 const ioTimeout = 15 * time.Second
 
-// freePort reserves a loopback TCP port for a listener that mihomo opens from its configuration.
+// freePort reserves a loopback port for a listener that another program opens from its
+// configuration (testnet.FreePort: not from the range that parallel tests' sockets use).
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testnet.FreePort(t)
 }
 
 // ---------------------------------------------------------------------------------------------

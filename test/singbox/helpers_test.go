@@ -23,6 +23,7 @@ import (
 
 	"github.com/anytls-engine/anytls/internal/sbrun"
 	"github.com/anytls-engine/anytls/internal/testcert"
+	"github.com/anytls-engine/anytls/internal/testnet"
 
 	box "github.com/sagernet/sing-box"
 	"github.com/sagernet/sing-box/adapter/inbound"
@@ -110,14 +111,11 @@ func example(t *testing.T, name string) map[string]any {
 	return cfg
 }
 
+// freePort reserves a loopback port for a listener that another program opens from its
+// configuration (testnet.FreePort: not from the range that parallel tests' sockets use).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testnet.FreePort(t)
 }
 
 func obj(v any) map[string]any { return v.(map[string]any) }

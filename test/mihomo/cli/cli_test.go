@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/anytls-engine/anytls/internal/testcert"
+	"github.com/anytls-engine/anytls/internal/testnet"
 )
 
 const ioTimeout = 20 * time.Second
@@ -57,14 +58,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// freePort reserves a loopback port for a listener that another program opens from its
+// configuration (testnet.FreePort: not from the range that parallel tests' sockets use).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testnet.FreePort(t)
 }
 
 // run runs the binary to completion.

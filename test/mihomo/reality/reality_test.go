@@ -25,6 +25,7 @@ import (
 
 	"github.com/anytls-engine/anytls/internal/sbrun"
 	"github.com/anytls-engine/anytls/internal/testcert"
+	"github.com/anytls-engine/anytls/internal/testnet"
 	outmihomo "github.com/anytls-engine/anytls/outbound/mihomo"
 
 	C "github.com/metacubex/mihomo/constant"
@@ -155,14 +156,11 @@ func atoi(t *testing.T, s string) int {
 	return int(n.Port())
 }
 
+// freePort reserves a loopback port for a listener that another program opens from its
+// configuration (testnet.FreePort: not from the range that parallel tests' sockets use).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testnet.FreePort(t)
 }
 
 func startHTTP(t *testing.T) string {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/anytls-engine/anytls/internal/mihomorun"
 	"github.com/anytls-engine/anytls/internal/testcert"
+	"github.com/anytls-engine/anytls/internal/testnet"
 	"github.com/anytls-engine/anytls/protocol"
 
 	"github.com/metacubex/mihomo/tunnel"
@@ -29,14 +30,11 @@ import (
 
 const timeout = 10 * time.Second
 
+// freePort reserves a loopback port for a listener that another program opens from its
+// configuration (testnet.FreePort: not from the range that parallel tests' sockets use).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testnet.FreePort(t)
 }
 
 func echoServer(t *testing.T) string {
