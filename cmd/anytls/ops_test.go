@@ -22,6 +22,7 @@ import (
 	gozxingqr "github.com/makiuchi-d/gozxing/qrcode"
 
 	"github.com/anytls-engine/anytls/adapter/metrics/metricstest"
+	"github.com/anytls-engine/anytls/internal/testnet"
 	"github.com/anytls-engine/anytls/option"
 )
 
@@ -35,29 +36,6 @@ func writeUsers(t *testing.T, path, content string) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// tcpEcho is a TCP echo server on loopback.
-func tcpEcho(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // echoThrough writes n bytes into conn and reads them back; it returns the first error.
@@ -140,7 +118,7 @@ func openAs(t *testing.T, link option.Link, dest string) (net.Conn, error) {
 // SIGHUP, with traffic through clients before and after.
 func TestUsersReload(t *testing.T) {
 	s, path, reloads := opsServer(t, `[{"name": "alice", "password": "pw-alice"}, {"name": "bob", "password": "pw-bob"}]`)
-	echo := tcpEcho(t)
+	echo := testnet.TCPEcho(t)
 	alice, err := userStream(t, s, "alice", echo)
 	if err != nil {
 		t.Fatal(err)
@@ -287,7 +265,7 @@ func TestServerUsersFileErrors(t *testing.T) {
 func TestMetricsAfterClientTraffic(t *testing.T) {
 	s, _, _ := opsServer(t, `[{"name": "alice", "password": "pw-alice"}, {"name": "bob", "password": "pw-bob"}]`)
 	url := fmt.Sprintf("http://%s/metrics", s.MetricsAddr())
-	echo := tcpEcho(t)
+	echo := testnet.TCPEcho(t)
 	hdr := float64(mustAddr(t, echo).EncodedLen()) // the destination travels up in the stream
 
 	alice, err := userStream(t, s, "alice", echo)

@@ -1,6 +1,7 @@
 package testnet
 
 import (
+	"io"
 	"net"
 	"strconv"
 	"testing"
@@ -21,5 +22,19 @@ func TestFreePort(t *testing.T) {
 			t.Fatal(err)
 		}
 		ln.Close()
+	}
+}
+
+// TCPEcho answers what it is sent.
+func TestTCPEcho(t *testing.T) {
+	c, err := net.Dial("tcp", TCPEcho(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+		t.Fatalf("echo: %q, %v", b, err)
 	}
 }

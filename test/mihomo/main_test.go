@@ -13,6 +13,7 @@ import (
 
 	"github.com/anytls-engine/anytls/internal/mihomorun"
 	"github.com/anytls-engine/anytls/internal/testcert"
+	"github.com/anytls-engine/anytls/internal/testnet"
 
 	"github.com/metacubex/mihomo/adapter/inbound"
 	anytlsL "github.com/metacubex/mihomo/listener/anytls"
@@ -314,20 +315,11 @@ func startTLS13(t testing.TB, cert tls.Certificate) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(ioTimeout))
-				c.(*tls.Conn).Handshake()
-				c.Read(make([]byte, 1))
-			}()
-		}
-	}()
+	testnet.ServeEach(ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		c.(*tls.Conn).Handshake()
+		c.Read(make([]byte, 1))
+	})
 	return ln.Addr().String()
 }
 

@@ -13,31 +13,9 @@ import (
 	"time"
 
 	"github.com/anytls-engine/anytls/internal/sbrun"
+	"github.com/anytls-engine/anytls/internal/testnet"
 	"github.com/anytls-engine/anytls/protocol"
 )
-
-// echoServer is a TCP echo server on loopback.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
 
 // roundTrip writes a message into st and reads it back.
 func roundTrip(st net.Conn) error {
@@ -92,7 +70,7 @@ func TestReloadUsersOnSIGHUP(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	echo := echoServer(t)
+	echo := testnet.TCPEcho(t)
 	alice, _ := e.openStream(t, port, "pw-alice", echo)
 	bob, _ := e.openStream(t, port, "pw-bob", echo)
 	for _, st := range []*protocol.Stream{alice, bob} {
@@ -127,7 +105,7 @@ func TestReloadUsersDecides(t *testing.T) {
 	base := e.usersServerConfig(port, map[string]string{"alice": "pw-alice"})
 	running := e.decode(base)
 	instance := e.start(base)
-	echo := echoServer(t)
+	echo := testnet.TCPEcho(t)
 	alice, _ := e.openStream(t, port, "pw-alice", echo)
 
 	same := e.decode(e.usersServerConfig(port, map[string]string{"alice": "pw-alice"}))

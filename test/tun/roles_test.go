@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/anytls-engine/anytls/internal/testnet"
 )
 
 // The names the target's DNS server answers (.test is reserved for testing, RFC 6761).
@@ -74,7 +76,7 @@ func runTarget() error {
 	if err != nil {
 		return err
 	}
-	go serveDNSTCP(dnsTCP)
+	serveDNSTCP(dnsTCP)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
@@ -201,34 +203,28 @@ func serveDNSUDP(c *net.UDPConn) {
 	}
 }
 
+// serveDNSTCP answers DNS over TCP (length-prefixed messages) on each connection ln accepts.
 func serveDNSTCP(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			from := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
-			for {
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				var l [2]byte
-				if _, err := io.ReadFull(c, l[:]); err != nil {
-					return
-				}
-				q := make([]byte, binary.BigEndian.Uint16(l[:]))
-				if _, err := io.ReadFull(c, q); err != nil {
-					return
-				}
-				reply, err := dnsAnswer(q, from)
-				if err != nil {
-					return
-				}
-				c.Write(binary.BigEndian.AppendUint16(nil, uint16(len(reply))))
-				c.Write(reply)
+	testnet.ServeEach(ln, func(c net.Conn) {
+		from := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+		for {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			var l [2]byte
+			if _, err := io.ReadFull(c, l[:]); err != nil {
+				return
 			}
-		}()
-	}
+			q := make([]byte, binary.BigEndian.Uint16(l[:]))
+			if _, err := io.ReadFull(c, q); err != nil {
+				return
+			}
+			reply, err := dnsAnswer(q, from)
+			if err != nil {
+				return
+			}
+			c.Write(binary.BigEndian.AppendUint16(nil, uint16(len(reply))))
+			c.Write(reply)
+		}
+	})
 }
 
 // ---- probe: a plain program in the client namespace (no proxy settings) ----

@@ -204,20 +204,11 @@ func startTLS13(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(ioTimeout))
-				c.(*tls.Conn).Handshake()
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
+	testnet.ServeEach(ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		c.(*tls.Conn).Handshake()
+		io.Copy(io.Discard, c)
+	})
 	return ln.Addr().String()
 }
 

@@ -37,28 +37,6 @@ func freePort(t *testing.T) int {
 	return testnet.FreePort(t)
 }
 
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func config(port int, users string) string {
 	return fmt.Sprintf(`mode: rule
 log-level: warning
@@ -153,7 +131,7 @@ func TestUsersReloadInPlace(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	echo := echoServer(t)
+	echo := testnet.TCPEcho(t)
 	alice := open(t, port, "pw-alice", echo)
 	bob := open(t, port, "pw-bob", echo)
 	for _, c := range []net.Conn{alice, bob} {
