@@ -17,14 +17,13 @@ import (
 	mihomoconfig "github.com/metacubex/mihomo/listener/config"
 	mihomolog "github.com/metacubex/mihomo/log"
 	mihomoanytls "github.com/metacubex/mihomo/transport/anytls"
-	"github.com/metacubex/mihomo/transport/vmess"
 	mM "github.com/metacubex/sing/common/metadata"
-	mN "github.com/metacubex/sing/common/network"
 	"github.com/sagernet/sing/common/logger"
 	M "github.com/sagernet/sing/common/metadata"
 	N "github.com/sagernet/sing/common/network"
 
 	"github.com/anytls-engine/anytls/internal/testcert"
+	"github.com/anytls-engine/anytls/internal/testpeer"
 	"github.com/anytls-engine/anytls/protocol"
 )
 
@@ -128,13 +127,9 @@ func (e *env) newClient(impl, addr string, perSession int) (client, error) {
 		}
 		return ourClient{c}, nil
 	case implSing:
-		c, err := anytls.NewClient(context.Background(), anytls.ClientConfig{
-			Password: password,
-			DialOut: func(ctx context.Context) (net.Conn, error) {
-				d := tls.Dialer{Config: e.clientTLS}
-				return d.DialContext(ctx, "tcp", addr)
-			},
-			Logger: logger.NOP(),
+		c, err := testpeer.SingClient(password, func(ctx context.Context) (net.Conn, error) {
+			d := tls.Dialer{Config: e.clientTLS}
+			return d.DialContext(ctx, "tcp", addr)
 		})
 		if err != nil {
 			return nil, err
@@ -145,13 +140,7 @@ func (e *env) newClient(impl, addr string, perSession int) (client, error) {
 		if err != nil {
 			return nil, err
 		}
-		c := mihomoanytls.NewClient(context.Background(), mihomoanytls.ClientConfig{
-			Password:  password,
-			Server:    mM.SocksaddrFromNetIP(ap),
-			Dialer:    mihomoDialer{},
-			TLSConfig: &vmess.TLSConfig{Host: "localhost", SkipCertVerify: true},
-		})
-		return mihomoClient{c}, nil
+		return mihomoClient{testpeer.MihomoClient(password, ap)}, nil
 	}
 	return nil, fmt.Errorf("unknown implementation %q", impl)
 }
@@ -435,20 +424,6 @@ func (e *env) startMihomoServer() (*server, error) {
 	}
 	return &server{addr: l.AddrList()[0].String(), stop: func() { l.Close() }}, nil
 }
-
-// mihomoDialer is the plain TCP dialer mihomo's client wraps in its own TLS.
-type mihomoDialer struct{}
-
-func (mihomoDialer) DialContext(ctx context.Context, network string, dest mM.Socksaddr) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", dest.String())
-}
-
-func (mihomoDialer) ListenPacket(context.Context, mM.Socksaddr) (net.PacketConn, error) {
-	return nil, errors.New("not used")
-}
-
-var _ mN.Dialer = mihomoDialer{}
 
 type mihomoClient struct{ c *mihomoanytls.Client }
 

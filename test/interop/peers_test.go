@@ -3,7 +3,6 @@ package interop
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,15 +20,14 @@ import (
 	mihomoconfig "github.com/metacubex/mihomo/listener/config"
 	mihomolog "github.com/metacubex/mihomo/log"
 	mihomoanytls "github.com/metacubex/mihomo/transport/anytls"
-	"github.com/metacubex/mihomo/transport/vmess"
 	mM "github.com/metacubex/sing/common/metadata"
-	mN "github.com/metacubex/sing/common/network"
 	muot "github.com/metacubex/sing/common/uot"
 	"github.com/sagernet/sing/common/logger"
 	M "github.com/sagernet/sing/common/metadata"
 	N "github.com/sagernet/sing/common/network"
 	"github.com/sagernet/sing/common/uot"
 
+	"github.com/anytls-engine/anytls/internal/testpeer"
 	"github.com/anytls-engine/anytls/protocol"
 )
 
@@ -542,12 +540,8 @@ func (c *singClient) ListenUDP(ctx context.Context, dest netip.AddrPort) (net.Pa
 func newSingClient(t testing.TB, addr string) *singClient {
 	t.Helper()
 	tlsCfg := clientTLSConfig(t)
-	c, err := anytls.NewClient(context.Background(), anytls.ClientConfig{
-		Password: password,
-		DialOut: func(ctx context.Context) (net.Conn, error) {
-			return dialTLS(ctx, addr, tlsCfg)
-		},
-		Logger: logger.NOP(),
+	c, err := testpeer.SingClient(password, func(ctx context.Context) (net.Conn, error) {
+		return dialTLS(ctx, addr, tlsCfg)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -671,20 +665,6 @@ func startMihomoServer(t testing.TB, scheme string) *mihomoServer {
 	return &mihomoServer{l: l}
 }
 
-// mihomoDialer is the plain TCP dialer mihomo's anytls client wraps in its own TLS.
-type mihomoDialer struct{}
-
-func (mihomoDialer) DialContext(ctx context.Context, network string, dest mM.Socksaddr) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", dest.String())
-}
-
-func (mihomoDialer) ListenPacket(context.Context, mM.Socksaddr) (net.PacketConn, error) {
-	return nil, errors.New("not used")
-}
-
-var _ mN.Dialer = mihomoDialer{}
-
 type mihomoClient struct {
 	c *mihomoanytls.Client
 }
@@ -711,16 +691,7 @@ func (c *mihomoClient) ListenUDP(ctx context.Context, dest netip.AddrPort) (net.
 
 func newMihomoClient(t testing.TB, addr string) *mihomoClient {
 	t.Helper()
-	ap := netip.MustParseAddrPort(addr)
-	c := mihomoanytls.NewClient(context.Background(), mihomoanytls.ClientConfig{
-		Password: password,
-		Server:   mM.SocksaddrFromNetIP(ap),
-		Dialer:   mihomoDialer{},
-		TLSConfig: &vmess.TLSConfig{
-			Host:           "localhost",
-			SkipCertVerify: true,
-		},
-	})
+	c := testpeer.MihomoClient(password, netip.MustParseAddrPort(addr))
 	t.Cleanup(func() { c.Close() })
 	return &mihomoClient{c: c}
 }

@@ -20,13 +20,11 @@ import (
 	anytls "github.com/anytls/sing-anytls"
 	mihomolog "github.com/metacubex/mihomo/log"
 	mihomoanytls "github.com/metacubex/mihomo/transport/anytls"
-	"github.com/metacubex/mihomo/transport/vmess"
 	mM "github.com/metacubex/sing/common/metadata"
-	mN "github.com/metacubex/sing/common/network"
-	"github.com/sagernet/sing/common/logger"
 	M "github.com/sagernet/sing/common/metadata"
 
 	"github.com/anytls-engine/anytls/internal/testcert"
+	"github.com/anytls-engine/anytls/internal/testpeer"
 	"github.com/anytls-engine/anytls/protocol"
 )
 
@@ -420,12 +418,8 @@ func (c singClient) close() { c.c.Close() }
 func newSingClient(t *testing.T, addr string) singClient {
 	t.Helper()
 	tlsCfg := clientTLS(t)
-	c, err := anytls.NewClient(context.Background(), anytls.ClientConfig{
-		Password: password,
-		DialOut: func(ctx context.Context) (net.Conn, error) {
-			return dialTLS(ctx, addr, tlsCfg)
-		},
-		Logger: logger.NOP(),
+	c, err := testpeer.SingClient(password, func(ctx context.Context) (net.Conn, error) {
+		return dialTLS(ctx, addr, tlsCfg)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -441,32 +435,11 @@ func (c mihomoClient) open(ctx context.Context) (net.Conn, error) {
 }
 func (c mihomoClient) close() { c.c.Close() }
 
-type mihomoDialer struct{}
-
-func (mihomoDialer) DialContext(ctx context.Context, network string, dest mM.Socksaddr) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", dest.String())
-}
-
-func (mihomoDialer) ListenPacket(context.Context, mM.Socksaddr) (net.PacketConn, error) {
-	return nil, errors.New("not used")
-}
-
-var _ mN.Dialer = mihomoDialer{}
-
 // newMihomoClient returns mihomo's anytls client; it does its own TLS (mihomo's crypto/tls
 // fork) over the TCP connection it dials.
 func newMihomoClient(t *testing.T, addr string) mihomoClient {
 	t.Helper()
-	c := mihomoanytls.NewClient(context.Background(), mihomoanytls.ClientConfig{
-		Password: password,
-		Server:   mM.SocksaddrFromNetIP(netip.MustParseAddrPort(addr)),
-		Dialer:   mihomoDialer{},
-		TLSConfig: &vmess.TLSConfig{
-			Host:           "localhost",
-			SkipCertVerify: true,
-		},
-	})
+	c := testpeer.MihomoClient(password, netip.MustParseAddrPort(addr))
 	t.Cleanup(func() { c.Close() })
 	return mihomoClient{c}
 }
