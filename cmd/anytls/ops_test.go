@@ -275,10 +275,17 @@ func TestMetricsAfterClientTraffic(t *testing.T) {
 	if err := echoThrough(alice, 300_000); err != nil {
 		t.Fatal(err)
 	}
-	// Open stream: the scrape collects its bytes so far.
-	m, err := metricstest.Scrape(url)
-	if err != nil {
-		t.Fatal(err)
+	// Open stream: the scrape collects its bytes so far. The server counts a write once it
+	// returned, which can be a moment after the client read the echo: scrape until it shows.
+	var m metricstest.Samples
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if m, err = metricstest.Scrape(url); err != nil {
+			t.Fatal(err)
+		}
+		if down, _ := m.Get("anytls_user_bytes_total", "user", "alice", "direction", "down"); down >= 300_000 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	check := func(m metricstest.Samples, value float64, name string, labels ...string) {
 		t.Helper()
