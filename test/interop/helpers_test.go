@@ -2,6 +2,7 @@ package interop
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -396,6 +397,16 @@ func download(conn net.Conn, n int64) (time.Duration, error) {
 		return d, fmt.Errorf("download of %d bytes: checksum mismatch: target sent %x, received %x", n, sum, h.Sum(nil))
 	}
 	return d, nil
+}
+
+// dialEcho opens a stream to addr through c, echoes n bytes over it (as echo) and closes it.
+func dialEcho(ctx context.Context, c client, addr netip.AddrPort, n int, delay time.Duration) error {
+	conn, err := c.Dial(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	return echo(conn, n, c.MaxWrite(), delay)
 }
 
 // echo sends n random bytes to an echo target (writes of at most chunk bytes, concurrently with

@@ -127,17 +127,11 @@ func TestThroughput(t *testing.T) {
 			c := p.client(t, srv.Addr())
 			// Warm up: the first connection pays for one-time set-up (mihomo loads the
 			// system CA pool), and the session it leaves idle is reused below.
-			conn, err := c.Dial(ctx, tg.addr)
-			if err != nil {
-				t.Fatalf("dial: %v", err)
-			}
-			err = echo(conn, 1024, c.MaxWrite(), 0)
-			conn.Close()
-			if err != nil {
+			if err := dialEcho(ctx, c, tg.addr, 1024, 0); err != nil {
 				t.Fatalf("warm-up: %v", err)
 			}
 
-			conn, err = c.Dial(ctx, tg.addr)
+			conn, err := c.Dial(ctx, tg.addr)
 			if err != nil {
 				t.Fatalf("dial: %v", err)
 			}
@@ -286,13 +280,7 @@ func TestSessionReuse(t *testing.T) {
 			srv := p.server(t)
 			c := p.client(t, srv.Addr())
 			for i := range rounds {
-				conn, err := c.Dial(ctx, tg.addr)
-				if err != nil {
-					t.Fatalf("round %d: dial: %v", i, err)
-				}
-				err = echo(conn, 64<<10, c.MaxWrite(), 0)
-				conn.Close()
-				if err != nil {
+				if err := dialEcho(ctx, c, tg.addr, 64<<10, 0); err != nil {
 					t.Fatalf("round %d: %v", i, err)
 				}
 			}
@@ -503,13 +491,7 @@ func TestDialFailure(t *testing.T) {
 					}
 				}
 
-				conn, err = c.Dial(ctx, tg.addr)
-				if err != nil {
-					t.Fatalf("round %d: dial after the failure: %v", round, err)
-				}
-				err = echo(conn, 4096, c.MaxWrite(), 0)
-				conn.Close()
-				if err != nil {
+				if err := dialEcho(ctx, c, tg.addr, 4096, 0); err != nil {
 					t.Fatalf("round %d: stream after the failure: %v", round, err)
 				}
 			}
@@ -719,13 +701,7 @@ func TestDownstreamPadding(t *testing.T) {
 			srv := startOurServer(t, ourServerConfig{padDownstream: true, record: true})
 			c := tc.client(t, srv.Addr())
 			for i, size := range []int{1, 100, 1000, 5000, 70000} {
-				conn, err := c.Dial(ctx, tg.addr)
-				if err != nil {
-					t.Fatalf("stream %d: dial: %v", i, err)
-				}
-				err = echo(conn, size, c.MaxWrite(), 0)
-				conn.Close()
-				if err != nil {
+				if err := dialEcho(ctx, c, tg.addr, size, 0); err != nil {
 					t.Fatalf("stream %d: %v", i, err)
 				}
 			}
@@ -817,22 +793,10 @@ func TestSlowDialEarlySynAck(t *testing.T) {
 			c := tc.factory(t, srv.Addr())
 			// Stream 1 opens the session; stream 2 reuses it, which is where the peer's
 			// 3 s SYNACK watchdog applies.
-			conn, err := c.Dial(ctx, tg.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = echo(conn, 1000, c.MaxWrite(), 0)
-			conn.Close()
-			if err != nil {
+			if err := dialEcho(ctx, c, tg.addr, 1000, 0); err != nil {
 				t.Fatalf("first stream: %v", err)
 			}
-			conn, err = c.Dial(ctx, slow.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = echo(conn, 1000, c.MaxWrite(), 0)
-			conn.Close()
-			if err != nil {
+			if err := dialEcho(ctx, c, slow.addr, 1000, 0); err != nil {
 				t.Fatalf("stream with a 3.5 s dial on a reused session: %v", err)
 			}
 			if got := srv.accepted.Load(); got != 1 {
@@ -867,13 +831,7 @@ func TestAbortedDownload(t *testing.T) {
 				}
 				conn.Close() // 1023 MiB left unread
 
-				conn, err = c.Dial(ctx, tg.addr)
-				if err != nil {
-					t.Fatalf("round %d: dial after the abort: %v", i, err)
-				}
-				err = echo(conn, 100<<10, c.MaxWrite(), 0)
-				conn.Close()
-				if err != nil {
+				if err := dialEcho(ctx, c, tg.addr, 100<<10, 0); err != nil {
 					t.Fatalf("round %d: stream after the abort: %v", i, err)
 				}
 			}
