@@ -114,11 +114,21 @@ func ParsePaddingScheme(text []byte) (*PaddingScheme, error) {
 		if pkt == 0 && len(ranges) != 1 {
 			return nil, bad("line 0 (authentication padding) takes exactly one size range")
 		}
-		for len(p.lines) <= pkt {
-			p.lines = append(p.lines, nil)
-		}
-		p.lines[pkt] = ranges
+		p.setLine(pkt, ranges)
 	}
+	return p.complete()
+}
+
+// setLine sets the size ranges of packet pkt's records.
+func (p *PaddingScheme) setLine(pkt int, ranges []sizeRange) {
+	for len(p.lines) <= pkt {
+		p.lines = append(p.lines, nil)
+	}
+	p.lines[pkt] = ranges
+}
+
+// complete returns the parsed scheme, or an error if it has no stop line.
+func (p *PaddingScheme) complete() (*PaddingScheme, error) {
 	if p.stop < 0 {
 		return nil, &PaddingSchemeError{Reason: "missing stop=N line"}
 	}
@@ -222,13 +232,7 @@ func parsePushedScheme(text []byte) (*PaddingScheme, error) {
 		if pkt == 0 && len(ranges) > 1 {
 			ranges = ranges[:1]
 		}
-		for len(p.lines) <= pkt {
-			p.lines = append(p.lines, nil)
-		}
-		p.lines[pkt] = ranges
+		p.setLine(pkt, ranges)
 	}
-	if p.stop < 0 {
-		return nil, &PaddingSchemeError{Reason: "missing stop=N line"}
-	}
-	return p, nil
+	return p.complete()
 }

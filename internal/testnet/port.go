@@ -1,5 +1,6 @@
-// Package testnet gives tests loopback ports for listeners that another program (sing-box,
-// mihomo, a child process) opens from its configuration.
+// Package testnet helps tests that run servers and other programs on loopback: ports for
+// listeners another program opens from its configuration, an echo server, an accept loop, and a
+// buffer for a process's output.
 package testnet
 
 import (

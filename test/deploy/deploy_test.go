@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/anytls-engine/anytls/internal/testnet"
 )
 
 const root = "../.."
@@ -240,7 +242,7 @@ func runServer(t *testing.T, bin string, args []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr testnet.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -270,23 +272,6 @@ func runServer(t *testing.T, bin string, args []string) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("anytls %q: %v\n%s", args, err, stderr.String())
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // testUsers writes a users file and returns its path.

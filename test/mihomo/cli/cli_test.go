@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,10 +81,10 @@ func run(t *testing.T, bin string, args ...string) (stdout, stderr string, code 
 }
 
 // start starts the binary and stops it (SIGTERM, then the exit status must be 0) at cleanup.
-func start(t *testing.T, bin string, args ...string) *syncBuffer {
+func start(t *testing.T, bin string, args ...string) *testnet.SyncBuffer {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	out := &syncBuffer{}
+	out := &testnet.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -108,7 +107,7 @@ func start(t *testing.T, bin string, args ...string) *syncBuffer {
 }
 
 // waitPort waits until something listens on the loopback port.
-func waitPort(t *testing.T, port int, out *syncBuffer) {
+func waitPort(t *testing.T, port int, out *testnet.SyncBuffer) {
 	t.Helper()
 	deadline := time.Now().Add(ioTimeout)
 	for {
@@ -291,22 +290,4 @@ func TestMihomoPersona(t *testing.T) {
 	if code, body := api(http.MethodPost, "/upgrade", ""); code != http.StatusForbidden {
 		t.Fatalf("POST /upgrade: %d %s", code, body)
 	}
-}
-
-// syncBuffer collects the process's output; tests read it while the process writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
