@@ -891,39 +891,34 @@ func (st *Stream) Report(err error) {
 		st.earlyTimer.Stop()
 		st.earlyTimer = nil
 	}
-	early := st.earlyAcked
 	s, id := st.sess, st.id
-	st.mu.Unlock()
-	if err == nil && !early && s.peerVersion.Load() >= 2 {
+	answer := !st.earlyAcked && s.peerVersion.Load() >= 2 // v2, and no early SYNACK went out
+	if err == nil {
 		// The client sent its first data with the SYN, so the destination's answer often
 		// follows within moments: the SYNACK goes out in the same record as it (one write and
-		// one wake-up less at each end), or alone after synAckCoalesceDelay.
-		st.mu.Lock()
-		if !st.closed && !st.removed && st.werr == nil { // a half-closed stream is still answered
+		// one wake-up less at each end), or alone after synAckCoalesceDelay. A half-closed
+		// stream is still answered.
+		if answer && !st.closed && !st.removed && st.werr == nil {
 			st.ackPending = true
 			st.ackTimer = time.AfterFunc(synAckCoalesceDelay, st.flushAck)
 		}
 		st.mu.Unlock()
 		return
 	}
-	if !early && s.peerVersion.Load() >= 2 {
-		var text []byte
-		if err != nil {
-			text = []byte(err.Error())
-			if len(text) > 1024 {
-				text = text[:1024]
-			}
+	st.mu.Unlock()
+	if answer {
+		text := []byte(err.Error())
+		if len(text) > 1024 {
+			text = text[:1024]
 		}
 		s.writeControl(CmdSYNACK, id, text)
 	}
-	if err != nil {
-		st.Close()
-	}
+	st.Close()
 }
 
 // requeue puts back what a packet whose write deadline passed before it was written was to
-// carry first: the client's SYN and address (syn), or the server's SYNACK (ack). The next packet carries it,
-// or its timer sends it alone.
+// carry first: the client's SYN and address (syn), or the server's SYNACK (ack). The next
+// packet carries it, or its timer sends it alone.
 func (st *Stream) requeue(syn []byte, ack bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
